@@ -1,0 +1,329 @@
+"""Talking to ctnetlink: the streamed table dump, kernel-side dump filters, table count and
+max, per-CPU statistics, and deleting entries.
+
+No rates and no UI here: `snapshot()` is the whole of what a poll asks of the kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from cttop.conntrack import const as c
+from cttop.conntrack.decode import DecodeError, decode_flow, decode_tuple
+from cttop.conntrack.model import Flow, FlowKey, Snapshot, Tuple
+from cttop.netlink import (
+    NFGENMSG,
+    NLM_F_ACK,
+    NLM_F_DUMP,
+    NLMSG_HDR,
+    DumpStats,
+    Message,
+    NetlinkErrno,
+    NetlinkError,
+    NetlinkSocket,
+    attr,
+    iter_attrs,
+    nest,
+)
+
+_CT = c.NFNL_SUBSYS_CTNETLINK << 8
+_PAYLOAD = NLMSG_HDR.size + NFGENMSG.size
+
+
+class ConntrackError(Exception):
+    """A failure the operator must be told about in one line."""
+
+    def __init__(self, message: str, err: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = err
+
+
+class PermissionDenied(ConntrackError):
+    def __init__(self) -> None:
+        super().__init__(
+            "cttop needs root or CAP_NET_ADMIN to read the conntrack table", errno.EPERM
+        )
+
+
+class ConntrackUnavailable(ConntrackError):
+    pass
+
+
+def _explain(e: NetlinkErrno) -> ConntrackError:
+    if e.errno in (errno.EPERM, errno.EACCES):
+        return PermissionDenied()
+    if e.errno in (errno.EOPNOTSUPP, errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT, errno.ENOENT):
+        return ConntrackUnavailable(
+            "conntrack is not available in this kernel "
+            "(load nf_conntrack and nf_conntrack_netlink, or use --replay/--demo)",
+            e.errno,
+        )
+    return ConntrackError(f"conntrack netlink request failed: {e}", e.errno)
+
+
+def nfgenmsg(family: int, res_id: int = 0) -> bytes:
+    return struct.pack("=BB", family, c.NFNETLINK_V0) + struct.pack(">H", res_id)
+
+
+@dataclass(frozen=True)
+class DumpFilter:
+    """Filters the kernel can apply to a dump; always re-applied here as well, since older
+    kernels ignore the ones they do not know.
+    """
+
+    family: int = c.AF_UNSPEC  # AF_UNSPEC: IPv4 and IPv6 in one pass
+    mark: int | None = None
+    mark_mask: int = 0xFFFFFFFF
+    zone: int | None = None
+    status: int | None = None
+    status_mask: int | None = None  # defaults to `status`: all those bits set
+
+    def request_attrs(self) -> bytes:
+        out = b""
+        if self.mark is not None:
+            out += attr(c.CTA_MARK, struct.pack(">I", self.mark))
+            out += attr(c.CTA_MARK_MASK, struct.pack(">I", self.mark_mask))
+        if self.zone is not None:
+            out += attr(c.CTA_ZONE, struct.pack(">H", self.zone))
+        if self.status is not None:
+            mask = self.status if self.status_mask is None else self.status_mask
+            out += attr(c.CTA_STATUS, struct.pack(">I", self.status))
+            out += attr(c.CTA_STATUS_MASK, struct.pack(">I", mask))
+        return out
+
+    @property
+    def empty(self) -> bool:
+        return (
+            self.family == c.AF_UNSPEC
+            and self.mark is None
+            and self.zone is None
+            and self.status is None
+        )
+
+    def match(self, flow: Flow) -> bool:
+        if self.family != c.AF_UNSPEC and flow.family != self.family:
+            return False
+        if self.mark is not None and ((flow.mark or 0) & self.mark_mask) != (
+            self.mark & self.mark_mask
+        ):
+            return False
+        if self.zone is not None and flow.zone != self.zone:
+            return False
+        if self.status is not None:
+            mask = self.status if self.status_mask is None else self.status_mask
+            if ((flow.status or 0) & mask) != (self.status & mask):
+                return False
+        return True
+
+
+RawSink = Callable[[bytes], None]
+
+
+class ConntrackClient:
+    """One ctnetlink session. Not thread-safe: one request at a time.
+
+    A dump that raised midway leaves the socket in an unknown state, so the socket is
+    replaced before the next request.
+    """
+
+    def __init__(self, dump_filter: DumpFilter | None = None) -> None:
+        self.filter = dump_filter or DumpFilter()
+        self._sock: NetlinkSocket | None = None
+        self._open()
+
+    def _open(self) -> NetlinkSocket:
+        if self._sock is None:
+            try:
+                self._sock = NetlinkSocket()
+            except NetlinkErrno as e:
+                raise _explain(e) from None
+        return self._sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> ConntrackClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(
+        self, msg_type: int, flags: int, payload: bytes, stats: DumpStats
+    ) -> Iterator[Message]:
+        sock = self._open()
+        done = False
+        try:
+            yield from sock.request(_CT | msg_type, flags, payload, stats)
+            done = True
+        except NetlinkErrno as e:
+            raise _explain(e) from None
+        except NetlinkError as e:
+            raise ConntrackError(f"conntrack netlink request failed: {e}") from None
+        finally:
+            if not done:
+                self.close()  # a half-read answer: never reuse this socket
+
+    def dump_messages(self, stats: DumpStats | None = None) -> Iterator[Message]:
+        """The raw dump: every conntrack message the kernel sends, undecoded."""
+        stats = stats if stats is not None else DumpStats()
+        payload = nfgenmsg(self.filter.family) + self.filter.request_attrs()
+        yield from self._request(c.IPCTNL_MSG_CT_GET, NLM_F_DUMP, payload, stats)
+
+    def dump(
+        self, stats: DumpStats | None = None, raw_sink: RawSink | None = None
+    ) -> Iterator[Flow]:
+        """Stream the table. Malformed messages are skipped and counted in stats.malformed.
+
+        `raw_sink`, when given, receives every message's bytes exactly as the kernel sent
+        them (for recordings).
+        """
+        stats = stats if stats is not None else DumpStats()
+        flt = self.filter
+        check = not flt.empty
+        for msg in self.dump_messages(stats):
+            if raw_sink is not None:
+                raw_sink(msg.raw())
+            if msg.end - msg.off < _PAYLOAD:
+                stats.malformed += 1
+                continue
+            family = msg.buf[msg.off + NLMSG_HDR.size]
+            try:
+                flow = decode_flow(msg.buf, msg.off + _PAYLOAD, msg.end, family)
+            except DecodeError:
+                stats.malformed += 1
+                continue
+            if check and not flt.match(flow):
+                continue
+            yield flow
+
+    def table_size(self) -> tuple[int | None, int | None]:
+        """(nf_conntrack_count, nf_conntrack_max) of this socket's namespace.
+
+        Asked of ctnetlink (IPCTNL_MSG_CT_GET_STATS); /proc/sys/net/netfilter of the
+        calling thread's namespace is the fallback for kernels without it.
+        """
+        count = maximum = None
+        try:
+            for msg in self._request(c.IPCTNL_MSG_CT_GET_STATS, 0, nfgenmsg(0), DumpStats()):
+                for t, s, e, _n in iter_attrs(msg.buf, msg.off + _PAYLOAD, msg.end):
+                    if e - s == 4 and t == c.CTA_STATS_GLOBAL_ENTRIES:
+                        count = struct.unpack_from(">I", msg.buf, s)[0]
+                    elif e - s == 4 and t == c.CTA_STATS_GLOBAL_MAX_ENTRIES:
+                        maximum = struct.unpack_from(">I", msg.buf, s)[0]
+        except PermissionDenied:
+            raise
+        except Exception:
+            pass
+        if count is None:
+            count = _read_int("/proc/sys/net/netfilter/nf_conntrack_count")
+        if maximum is None:
+            maximum = _read_int("/proc/sys/net/netfilter/nf_conntrack_max")
+        return count, maximum
+
+    def cpu_stats(self) -> dict[str, int]:
+        """Per-CPU conntrack statistics (IPCTNL_MSG_CT_GET_STATS_CPU), summed over CPUs."""
+        totals: dict[str, int] = {}
+        for msg in self._request(
+            c.IPCTNL_MSG_CT_GET_STATS_CPU, NLM_F_DUMP, nfgenmsg(0), DumpStats()
+        ):
+            for t, s, e, _n in iter_attrs(msg.buf, msg.off + _PAYLOAD, msg.end):
+                name = c.STATS_CPU_NAMES.get(t)
+                if name is not None and e - s == 4:
+                    totals[name] = totals.get(name, 0) + struct.unpack_from(">I", msg.buf, s)[0]
+        return totals
+
+    def snapshot(self, with_stats: bool = False, raw_sink: RawSink | None = None) -> Snapshot:
+        """One poll: the deduplicated table plus its count and max, timestamped."""
+        stats = DumpStats()
+        flows: dict[FlowKey, Flow] = {}
+        for flow in self.dump(stats, raw_sink):
+            # A dump is not atomic: an entry can be sent twice; the later copy is fresher.
+            flows[(flow.zone, flow.orig, flow.id)] = flow
+        mono, wall = time.monotonic(), time.time()
+        count, maximum = self.table_size()
+        cpu = None
+        if with_stats:
+            try:
+                cpu = self.cpu_stats()
+            except ConntrackError:
+                cpu = None
+        return Snapshot(mono, wall, flows, count, maximum, cpu, stats.malformed)
+
+    def delete(self, flow: Flow) -> bool:
+        """Delete one entry by its original tuple (and id, so a reused tuple is spared).
+
+        Returns False when the entry was already gone.
+        """
+        payload = nfgenmsg(flow.family) + encode_tuple(c.CTA_TUPLE_ORIG, flow.orig, flow)
+        if flow.id is not None:
+            payload += attr(c.CTA_ID, struct.pack(">I", flow.id))
+        if flow.zone:
+            payload += attr(c.CTA_ZONE, struct.pack(">H", flow.zone))
+        try:
+            for _ in self._request(c.IPCTNL_MSG_CT_DELETE, NLM_F_ACK, payload, DumpStats()):
+                pass
+        except ConntrackError as e:
+            if e.errno == errno.ENOENT:
+                return False
+            raise
+        return True
+
+
+def encode_tuple(nla_type: int, tup: Tuple, flow: Flow) -> bytes:
+    """A CTA_TUPLE_* nest for requests (delete, tests)."""
+    import socket
+
+    if flow.family == c.AF_INET6:
+        af, src_t, dst_t = socket.AF_INET6, c.CTA_IP_V6_SRC, c.CTA_IP_V6_DST
+    else:
+        af, src_t, dst_t = socket.AF_INET, c.CTA_IP_V4_SRC, c.CTA_IP_V4_DST
+    ip = b""
+    if tup.src is not None:
+        ip += attr(src_t, socket.inet_pton(af, tup.src))
+    if tup.dst is not None:
+        ip += attr(dst_t, socket.inet_pton(af, tup.dst))
+    proto = attr(c.CTA_PROTO_NUM, bytes([flow.protonum]))
+    icmp6 = flow.protonum == c.IPPROTO_ICMPV6
+    if tup.sport is not None:
+        proto += attr(c.CTA_PROTO_SRC_PORT, struct.pack(">H", tup.sport))
+    if tup.dport is not None:
+        proto += attr(c.CTA_PROTO_DST_PORT, struct.pack(">H", tup.dport))
+    if tup.icmp_id is not None:
+        t = c.CTA_PROTO_ICMPV6_ID if icmp6 else c.CTA_PROTO_ICMP_ID
+        proto += attr(t, struct.pack(">H", tup.icmp_id))
+    if tup.icmp_type is not None:
+        t = c.CTA_PROTO_ICMPV6_TYPE if icmp6 else c.CTA_PROTO_ICMP_TYPE
+        proto += attr(t, bytes([tup.icmp_type]))
+    if tup.icmp_code is not None:
+        t = c.CTA_PROTO_ICMPV6_CODE if icmp6 else c.CTA_PROTO_ICMP_CODE
+        proto += attr(t, bytes([tup.icmp_code]))
+    parts = [nest(c.CTA_TUPLE_IP, ip), nest(c.CTA_TUPLE_PROTO, proto)]
+    if tup.zone is not None:
+        parts.append(attr(c.CTA_TUPLE_ZONE, struct.pack(">H", tup.zone)))
+    return nest(nla_type, *parts)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+__all__ = [
+    "ConntrackClient",
+    "ConntrackError",
+    "ConntrackUnavailable",
+    "DecodeError",
+    "DumpFilter",
+    "PermissionDenied",
+    "decode_tuple",
+]

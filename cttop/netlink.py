@@ -1,0 +1,322 @@
+"""Netlink plumbing: the socket, request building, multipart dump receive and attribute walking.
+
+Knows nothing of conntrack meaning. Headers are native-endian (struct "=" formats); the payloads
+the callers decode are their business.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from typing import Final
+
+NETLINK_NETFILTER: Final = 12
+
+NLMSG_NOOP: Final = 1
+NLMSG_ERROR: Final = 2
+NLMSG_DONE: Final = 3
+NLMSG_OVERRUN: Final = 4
+NLMSG_MIN_TYPE: Final = 0x10
+
+NLM_F_REQUEST: Final = 0x01
+NLM_F_MULTI: Final = 0x02
+NLM_F_ACK: Final = 0x04
+NLM_F_DUMP_INTR: Final = 0x10
+NLM_F_ROOT: Final = 0x100
+NLM_F_MATCH: Final = 0x200
+NLM_F_DUMP: Final = NLM_F_ROOT | NLM_F_MATCH
+NLM_F_CREATE: Final = 0x400
+NLM_F_EXCL: Final = 0x200
+
+NLA_F_NESTED: Final = 0x8000
+NLA_F_NET_BYTEORDER: Final = 0x4000
+NLA_TYPE_MASK: Final = 0x3FFF
+
+SOL_NETLINK: Final = 270
+NETLINK_EXT_ACK: Final = 11
+NETLINK_GET_STRICT_CHK: Final = 12
+
+NLMSG_HDR: Final = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+NLA_HDR: Final = struct.Struct("=HH")  # len, type
+NFGENMSG: Final = struct.Struct("=BBH")  # family, version, res_id (big-endian on the wire)
+NLMSGERR: Final = struct.Struct("=i")
+
+# The kernel caps one dump datagram at 32 KiB; a larger buffer costs nothing and any
+# datagram that still does not fit is an error rather than silent loss (MSG_TRUNC).
+RECV_BUFFER: Final = 64 * 1024
+# Room for the kernel to queue several datagrams ahead of us while we decode.
+SOCKET_RCVBUF: Final = 4 * 1024 * 1024
+
+
+class NetlinkError(Exception):
+    """Any failure talking netlink."""
+
+
+class NetlinkErrno(NetlinkError):
+    """The kernel answered with a negative errno (NLMSG_ERROR or NLMSG_DONE)."""
+
+    def __init__(self, err: int, context: str = "") -> None:
+        self.errno = err
+        name = errno.errorcode.get(err, str(err))
+        text = f"{os.strerror(err)} ({name})"
+        super().__init__(f"{context}: {text}" if context else text)
+
+
+class MalformedMessage(NetlinkError):
+    """Bytes that do not follow the netlink framing rules."""
+
+
+class TruncatedDatagram(NetlinkError):
+    """A datagram was larger than the receive buffer: part of the dump is lost."""
+
+
+def align4(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def attr(nla_type: int, value: bytes, nested: bool = False) -> bytes:
+    """Encode one attribute (header + value + padding)."""
+    length = NLA_HDR.size + len(value)
+    flag = NLA_F_NESTED if nested else 0
+    return NLA_HDR.pack(length, nla_type | flag) + value + b"\0" * (align4(length) - length)
+
+
+def nest(nla_type: int, *children: bytes) -> bytes:
+    return attr(nla_type, b"".join(children), nested=True)
+
+
+def message(msg_type: int, flags: int, seq: int, payload: bytes, pid: int = 0) -> bytes:
+    """Encode one netlink message; the payload is padded to 4 bytes."""
+    length = NLMSG_HDR.size + len(payload)
+    pad = b"\0" * (align4(length) - length)
+    return NLMSG_HDR.pack(length, msg_type, flags, seq, pid) + payload + pad
+
+
+def iter_attrs(
+    buf: bytes | bytearray | memoryview, off: int, end: int
+) -> Iterator[tuple[int, int, int, bool]]:
+    """Walk attributes in buf[off:end]: yields (type, value_start, value_end, nested).
+
+    The type is masked with NLA_TYPE_MASK. Raises MalformedMessage on an attribute
+    shorter than its header or running past `end`; trailing bytes shorter than a header
+    are padding and are ignored.
+    """
+    unpack = NLA_HDR.unpack_from
+    while end - off >= 4:
+        length, nla_type = unpack(buf, off)
+        if length < 4:
+            raise MalformedMessage(f"attribute length {length} < 4 at offset {off}")
+        vend = off + length
+        if vend > end:
+            raise MalformedMessage(
+                f"attribute type {nla_type & NLA_TYPE_MASK} length {length} at offset {off} "
+                f"runs past its container ({end - off} bytes left)"
+            )
+        yield nla_type & NLA_TYPE_MASK, off + 4, vend, bool(nla_type & NLA_F_NESTED)
+        off += (length + 3) & ~3
+
+
+class Message:
+    """One received netlink message as a view into its datagram (no copy)."""
+
+    __slots__ = ("buf", "end", "flags", "off", "seq", "type")
+
+    def __init__(self, buf: bytes, off: int, end: int, msg_type: int, flags: int, seq: int):
+        self.buf = buf
+        self.off = off  # start of the netlink header
+        self.end = end  # end of this message (not aligned)
+        self.type = msg_type
+        self.flags = flags
+        self.seq = seq
+
+    @property
+    def payload_off(self) -> int:
+        return self.off + NLMSG_HDR.size
+
+    def raw(self) -> bytes:
+        return bytes(self.buf[self.off : self.end])
+
+
+class DumpStats:
+    """What went wrong, quietly, during one request: counted, never raised."""
+
+    __slots__ = ("datagrams", "interrupted", "malformed", "messages", "stale")
+
+    def __init__(self) -> None:
+        self.datagrams = 0
+        self.messages = 0
+        self.malformed = 0  # messages or datagram tails that broke the framing rules
+        self.stale = 0  # messages with another sequence number (an earlier, aborted dump)
+        self.interrupted = False  # NLM_F_DUMP_INTR: the table changed under the dump
+
+
+def split_datagram(data: bytes, stats: DumpStats) -> Iterator[Message]:
+    """Split one datagram into messages. Framing errors end the datagram and are counted."""
+    off = 0
+    n = len(data)
+    unpack = NLMSG_HDR.unpack_from
+    hdr = NLMSG_HDR.size
+    while n - off >= hdr:
+        length, msg_type, flags, seq, _pid = unpack(data, off)
+        if length < hdr or off + length > n:
+            # Nothing after a bad length can be trusted: the next header's place is unknown.
+            stats.malformed += 1
+            return
+        yield Message(data, off, off + length, msg_type, flags, seq)
+        off += (length + 3) & ~3
+    if off < n and n - off >= 4:
+        stats.malformed += 1
+
+
+class NetlinkSocket:
+    """A NETLINK_NETFILTER (by default) socket that sends requests and reads the answers.
+
+    One request at a time: a dump must be read to its end (or the socket closed) before
+    the next request; a half-read dump leaves the socket busy (EBUSY) — callers that
+    abandon a dump should close the socket and open a new one.
+    """
+
+    def __init__(self, protocol: int = NETLINK_NETFILTER, rcvbuf: int = SOCKET_RCVBUF) -> None:
+        try:
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
+        except OSError as e:
+            raise NetlinkErrno(e.errno or errno.EPROTONOSUPPORT, "netlink socket") from None
+        try:
+            self._set_rcvbuf(rcvbuf)
+            self.sock.bind((0, 0))
+            self.pid = self.sock.getsockname()[0]
+            self._setopt(NETLINK_EXT_ACK, 1)
+        except OSError as e:
+            self.sock.close()
+            raise NetlinkErrno(e.errno or errno.EIO, "netlink bind") from None
+        self.seq = int.from_bytes(os.urandom(2), "little") + 1
+        self.buffer = bytearray(RECV_BUFFER)
+
+    def _set_rcvbuf(self, size: int) -> None:
+        # SO_RCVBUFFORCE lets root exceed net.core.rmem_max; fall back quietly.
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, 33, size)  # SO_RCVBUFFORCE
+        except OSError:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            except OSError:
+                pass
+
+    def _setopt(self, opt: int, value: int) -> None:
+        try:
+            self.sock.setsockopt(SOL_NETLINK, opt, value)
+        except OSError:
+            pass  # older kernels: not fatal
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> NetlinkSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, msg_type: int, flags: int, payload: bytes) -> int:
+        """Send one request; returns its sequence number."""
+        self.seq = (self.seq + 1) & 0xFFFFFFFF or 1
+        data = message(msg_type, flags | NLM_F_REQUEST, self.seq, payload, self.pid)
+        while True:
+            try:
+                self.sock.sendto(data, (0, 0))
+                return self.seq
+            except InterruptedError:
+                continue
+            except OSError as e:
+                raise NetlinkErrno(e.errno or errno.EIO, "netlink send") from None
+
+    def recv_datagram(self) -> bytes:
+        """One datagram, copied out of the receive buffer. EINTR is retried."""
+        buf = self.buffer
+        while True:
+            try:
+                n = self.sock.recv_into(buf, len(buf), socket.MSG_TRUNC)
+                break
+            except InterruptedError:
+                continue
+            except OSError as e:
+                raise NetlinkErrno(e.errno or errno.EIO, "netlink receive") from None
+        if n > len(buf):
+            raise TruncatedDatagram(
+                f"netlink datagram of {n} bytes does not fit a {len(buf)}-byte buffer"
+            )
+        return bytes(memoryview(buf)[:n])
+
+    def responses(self, seq: int, stats: DumpStats, multi: bool = True) -> Iterator[Message]:
+        """Messages answering request `seq`, until NLMSG_DONE (dump) or an ack/first reply.
+
+        NLMSG_ERROR with a non-zero errno and NLMSG_DONE carrying a negative errno raise
+        NetlinkErrno. Messages of other sequence numbers (left over from an aborted dump)
+        are skipped and counted.
+        """
+        while True:
+            data = self.recv_datagram()
+            stats.datagrams += 1
+            for msg in split_datagram(data, stats):
+                if msg.seq != seq:
+                    stats.stale += 1
+                    continue
+                t = msg.type
+                if t == NLMSG_DONE:
+                    if msg.end - msg.off >= NLMSG_HDR.size + 4:
+                        (err,) = NLMSGERR.unpack_from(data, msg.payload_off)
+                        if err < 0:
+                            raise NetlinkErrno(-err, "dump")
+                    return
+                if t == NLMSG_ERROR:
+                    if msg.end - msg.off < NLMSG_HDR.size + 4:
+                        stats.malformed += 1
+                        continue
+                    (err,) = NLMSGERR.unpack_from(data, msg.payload_off)
+                    if err < 0:
+                        raise NetlinkErrno(-err)
+                    return  # an ACK
+                if t == NLMSG_NOOP:
+                    continue
+                if t == NLMSG_OVERRUN:
+                    raise NetlinkErrno(errno.ENOBUFS, "netlink overrun")
+                if msg.flags & NLM_F_DUMP_INTR:
+                    stats.interrupted = True
+                stats.messages += 1
+                yield msg
+                if not multi:
+                    return
+
+    def request(
+        self, msg_type: int, flags: int, payload: bytes, stats: DumpStats | None = None
+    ) -> Iterator[Message]:
+        """Send a request and iterate over its answer (a dump if NLM_F_DUMP is in flags)."""
+        stats = stats if stats is not None else DumpStats()
+        seq = self.send(msg_type, flags, payload)
+        return self.responses(seq, stats, multi=bool(flags & NLM_F_DUMP))
+
+
+def enter_netns(path: str) -> None:
+    """Move the calling thread into the network namespace at `path` (e.g. /run/netns/NAME).
+
+    Threads started afterwards inherit it. Raises OSError (ENOENT when the path does not
+    exist, EINVAL when it is not a network namespace).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns = getattr(os, "setns", None)
+        if setns is not None:  # Python 3.12+
+            setns(fd, 0x40000000)  # CLONE_NEWNET
+            return
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.setns(fd, 0x40000000) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
