@@ -6,6 +6,7 @@ the callers decode are their business.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -200,16 +201,12 @@ class NetlinkSocket:
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, 33, size)  # SO_RCVBUFFORCE
         except OSError:
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-            except OSError:
-                pass
 
     def _setopt(self, opt: int, value: int) -> None:
-        try:
+        with contextlib.suppress(OSError):  # older kernels: not fatal
             self.sock.setsockopt(SOL_NETLINK, opt, value)
-        except OSError:
-            pass  # older kernels: not fatal
 
     def close(self) -> None:
         self.sock.close()
