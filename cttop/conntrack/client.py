@@ -7,13 +7,14 @@ No rates and no UI here: `snapshot()` is the whole of what a poll asks of the ke
 from __future__ import annotations
 
 import errno
+import gc
 import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from cttop.conntrack import const as c
-from cttop.conntrack.decode import DecodeError, decode_flow, decode_tuple
+from cttop.conntrack.decode import DecodeError, FastDecoder, decode_tuple
 from cttop.conntrack.model import Flow, FlowKey, Snapshot, Tuple
 from cttop.netlink import (
     NFGENMSG,
@@ -132,6 +133,7 @@ class ConntrackClient:
 
     def __init__(self, dump_filter: DumpFilter | None = None) -> None:
         self.filter = dump_filter or DumpFilter()
+        self.decoder = FastDecoder()
         self._sock: NetlinkSocket | None = None
         self._open()
 
@@ -187,6 +189,8 @@ class ConntrackClient:
         stats = stats if stats is not None else DumpStats()
         flt = self.filter
         check = not flt.empty
+        decode = self.decoder.decode
+        self.decoder.begin()
         for msg in self.dump_messages(stats):
             if raw_sink is not None:
                 raw_sink(msg.raw())
@@ -195,13 +199,14 @@ class ConntrackClient:
                 continue
             family = msg.buf[msg.off + NLMSG_HDR.size]
             try:
-                flow = decode_flow(msg.buf, msg.off + _PAYLOAD, msg.end, family)
+                flow = decode(msg.buf, msg.off + _PAYLOAD, msg.end, family)
             except DecodeError:
                 stats.malformed += 1
                 continue
             if check and not flt.match(flow):
                 continue
             yield flow
+        self.decoder.end()
 
     def table_size(self) -> tuple[int | None, int | None]:
         """(nf_conntrack_count, nf_conntrack_max) of this socket's namespace.
@@ -243,9 +248,17 @@ class ConntrackClient:
         """One poll: the deduplicated table plus its count and max, timestamped."""
         stats = DumpStats()
         flows: dict[FlowKey, Flow] = {}
-        for flow in self.dump(stats, raw_sink):
-            # A dump is not atomic: an entry can be sent twice; the later copy is fresher.
-            flows[(flow.zone, flow.orig, flow.id)] = flow
+        # Nothing built here can form a cycle; without this the collector would walk the
+        # whole growing table again and again while it is being built.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for flow in self.dump(stats, raw_sink):
+                # A dump is not atomic: an entry can be sent twice; the later copy is fresher.
+                flows[(flow.zone, flow.orig, flow.id)] = flow
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         mono, wall = time.monotonic(), time.time()
         count, maximum = self.table_size()
         cpu = None

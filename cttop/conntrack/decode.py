@@ -249,3 +249,392 @@ def decode_message(buf: bytes, off: int, end: int) -> Flow:
         raise DecodeError(f"message type {msg_type:#x} is not a conntrack entry")
     family, _version, _res = _NFGEN(buf, off + NLMSG_HDR.size)
     return decode_flow(buf, off + NLMSG_HDR.size + NFGENMSG.size, end, family)
+
+
+# --- the fast path: decoding by message shape ---------------------------------------------
+#
+# In one table nearly every message has one of a handful of layouts: the same attributes in the
+# same order with the same lengths (the kernel writes them in a fixed order). For each layout
+# seen we compile one `struct.Struct` that unpacks the whole message in a single call — every
+# attribute header (to prove the layout matches) and every value we keep — and a small
+# generated function that builds the Flow from it. The two tuples are taken as one raw bytes
+# field and looked up in a cache carried from the previous dump, since a flow's tuples do not
+# change between polls. Anything that does not match a known layout takes `decode_flow`, which
+# stays the reference: the fast path yields exactly what it would, or declines.
+
+_MAX_SHAPES_PER_LENGTH: Final = 4
+_MAX_SHAPES: Final = 256
+
+
+class _Shape:
+    """One compiled layout: `run(buf, off, family, tuples, next_tuples)` -> Flow | None."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: object) -> None:
+        self.run = run
+
+
+def _decode_tuples_region_reference(region: bytes) -> tuple[Tuple, Tuple, int]:
+    """The raw bytes of CTA_TUPLE_ORIG followed by CTA_TUPLE_REPLY -> (orig, reply, protonum)."""
+    attrs = _walk(region, 0, len(region))
+    if len(attrs) != 2 or attrs[0][0] != c.CTA_TUPLE_ORIG or attrs[1][0] != c.CTA_TUPLE_REPLY:
+        raise DecodeError("tuple region does not hold exactly the two tuples")
+    orig, protonum = decode_tuple(region, attrs[0][1], attrs[0][2])
+    reply, _ = decode_tuple(region, attrs[1][1], attrs[1][2])
+    if protonum is None:
+        raise DecodeError("original tuple without a protocol number")
+    return orig, reply, protonum
+
+
+def _addr_text(raw: bytes) -> str:
+    text = _ADDR_CACHE.get(raw)
+    if text is None:
+        text = _ntop(_AF_INET if len(raw) == 4 else _AF_INET6, raw)
+        if len(_ADDR_CACHE) >= _ADDR_CACHE_MAX:
+            _ADDR_CACHE.clear()
+        _ADDR_CACHE[raw] = text
+    return text
+
+
+_TUPLE_LEAVES: Final = {
+    (c.CTA_TUPLE_IP, c.CTA_IP_V4_SRC): ("src", "4s", 4),
+    (c.CTA_TUPLE_IP, c.CTA_IP_V4_DST): ("dst", "4s", 4),
+    (c.CTA_TUPLE_IP, c.CTA_IP_V6_SRC): ("src", "16s", 16),
+    (c.CTA_TUPLE_IP, c.CTA_IP_V6_DST): ("dst", "16s", 16),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_NUM): ("proto", "B", 1),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_SRC_PORT): ("sport", "H", 2),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_DST_PORT): ("dport", "H", 2),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMP_ID): ("icmp_id", "H", 2),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMPV6_ID): ("icmp_id", "H", 2),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMP_TYPE): ("icmp_type", "B", 1),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMPV6_TYPE): ("icmp_type", "B", 1),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMP_CODE): ("icmp_code", "B", 1),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMPV6_CODE): ("icmp_code", "B", 1),
+}
+_TUPLE_FIELDS: Final = ("src", "dst", "sport", "dport", "icmp_type", "icmp_code", "icmp_id", "zone")
+
+
+def _compile_region(region: bytes) -> object | None:
+    """A compiled decoder for tuple regions laid out like this one, or None."""
+    b = _ShapeBuilder()
+    fields: list[dict[str, str]] = [{}, {}]
+    try:
+        tops = _walk(region, 0, len(region))
+        if len(tops) != 2 or (tops[0][0], tops[1][0]) != (c.CTA_TUPLE_ORIG, c.CTA_TUPLE_REPLY):
+            return None
+        for d, (_t, s, e, _n) in enumerate(tops):
+            b._pad_to(s - 4)
+            b._header(region, s - 4)
+            for ct, cs, ce, cn in _walk(region, s, e):
+                b._pad_to(cs - 4)
+                b._header(region, cs - 4)
+                if ct == c.CTA_TUPLE_ZONE:
+                    fields[d]["zone"] = f"v[{b._value(region, cs, ce, cn, 'H', 2)}]"
+                elif ct in (c.CTA_TUPLE_IP, c.CTA_TUPLE_PROTO):
+                    for lt, ls, le, ln in _walk(region, cs, ce):
+                        b._pad_to(ls - 4)
+                        b._header(region, ls - 4)
+                        leaf = _TUPLE_LEAVES.get((ct, lt))
+                        if leaf is not None:
+                            name, fmt, size = leaf
+                            if ct == c.CTA_TUPLE_IP and ln:
+                                return None
+                            item = f"v[{b._value(region, ls, le, ln, fmt, size)}]"
+                            fields[d][name] = f"A({item})" if ct == c.CTA_TUPLE_IP else item
+                        b._pad_to(le)
+                b._pad_to(ce)
+            b._pad_to(e)
+        b._pad_to(len(region))
+    except DecodeError:
+        return None
+    if "proto" not in fields[0]:
+        return None
+    unpacker = struct.Struct(">" + "".join(b.fmt))
+    if unpacker.size != len(region):
+        return None
+    tuples = [
+        "new(Tuple, (" + ", ".join(fields[d].get(n, "None") for n in _TUPLE_FIELDS) + "))"
+        for d in (0, 1)
+    ]
+    got = ", ".join(f"v[{i}]" for i, _ in b.headers)
+    src = (
+        "def run(r):\n"
+        "    v = unpack(r)\n"
+        f"    if ({got},) != want:\n"
+        "        return None\n"
+        f"    return ({tuples[0]}, {tuples[1]}, {fields[0]['proto']})\n"
+    )
+    env: dict[str, object] = {
+        "unpack": unpacker.unpack,
+        "want": tuple(w for _, w in b.headers),
+        "new": tuple.__new__,
+        "Tuple": Tuple,
+        "A": _addr_text,
+    }
+    # Generated from our own struct layout above; no outside text reaches it.
+    exec(src, env)
+    return env["run"]
+
+
+_REGION_SHAPES: dict[int, list[object]] = {}
+
+
+def _decode_tuples_region(region: bytes) -> tuple[Tuple, Tuple, int]:
+    """Tuples by learned layout when one fits, else (and then learning) by the reference."""
+    shapes = _REGION_SHAPES.get(len(region))
+    if shapes is not None:
+        for run in shapes:
+            got = run(region)  # type: ignore[operator]
+            if got is not None:
+                return got  # type: ignore[no-any-return]
+    result = _decode_tuples_region_reference(region)
+    if shapes is None or len(shapes) < _MAX_SHAPES_PER_LENGTH:
+        run = _compile_region(region)
+        if run is not None and sum(map(len, _REGION_SHAPES.values())) < _MAX_SHAPES:
+            _REGION_SHAPES.setdefault(len(region), []).append(run)
+    return result
+
+
+def _labels(raw: bytes) -> int:
+    return int.from_bytes(raw, "big")
+
+
+def _cstring(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+class _ShapeBuilder:
+    """Learns a layout from one message the reference decoder accepted."""
+
+    _SCALARS: Final = {
+        c.CTA_STATUS: ("status", "I", 4),
+        c.CTA_TIMEOUT: ("timeout", "I", 4),
+        c.CTA_MARK: ("mark", "I", 4),
+        c.CTA_ID: ("id", "I", 4),
+        c.CTA_USE: ("use", "I", 4),
+        c.CTA_ZONE: ("zone", "H", 2),
+    }
+
+    def __init__(self) -> None:
+        self.fmt: list[str] = []
+        self.n = 0  # items the struct yields so far
+        self.pos = 0  # bytes covered so far
+        self.headers: list[tuple[int, int]] = []  # (item index, expected header word)
+        self.fields: dict[str, str] = {}  # Flow field -> expression over v[...]
+        self.region: int | None = None
+
+    def _item(self, fmt: str, size: int) -> int:
+        self.fmt.append(fmt)
+        self.pos += size
+        self.n += 1
+        return self.n - 1
+
+    def _skip(self, size: int) -> None:
+        if size:
+            self.fmt.append(f"{size}x")
+            self.pos += size
+
+    def _header(self, buf: bytes, at: int) -> None:
+        (word,) = struct.unpack_from(">I", buf, at)
+        self.headers.append((self._item("I", 4), word))
+
+    def _value(self, buf: bytes, s: int, e: int, nested: int, fmt: str, size: int) -> int:
+        if nested or e - s != size:
+            raise DecodeError("unexpected value size")  # the reference would have refused too
+        return self._item(fmt, size)
+
+    def _pad_to(self, rel: int) -> None:
+        if rel < self.pos:
+            raise DecodeError("overlapping attributes")
+        self._skip(rel - self.pos)
+
+    def _children(
+        self, buf: bytes, base: int, s: int, e: int, wanted: dict[int, tuple[str, str, int]]
+    ) -> None:
+        """Headers of every child verified; the children named in `wanted` are unpacked."""
+        for t, cs, ce, cn in _walk(buf, s, e):
+            self._pad_to(cs - 4 - base)
+            self._header(buf, cs - 4)
+            spec = wanted.get(t)
+            if spec is not None:
+                field, fmt, size = spec
+                if fmt == "s":
+                    self.fields[field] = f"v[{self._item(f'{ce - cs}s', ce - cs)}]"
+                else:
+                    self.fields[field] = f"v[{self._value(buf, cs, ce, cn, fmt, size)}]"
+            self._pad_to(ce - base)
+
+    def learn(self, buf: bytes, off: int, end: int) -> str | None:
+        attrs = _walk(buf, off, end)
+        i = 0
+        while i < len(attrs):
+            t, s, e, nested = attrs[i]
+            self._pad_to(s - 4 - off)
+            if t == c.CTA_TUPLE_ORIG:
+                if self.region is not None or i + 1 >= len(attrs):
+                    return None
+                if attrs[i + 1][0] != c.CTA_TUPLE_REPLY:
+                    return None
+                rend = min((attrs[i + 1][2] + 3) & ~3, end)
+                self.region = self._item(f"{rend - (s - 4)}s", rend - (s - 4))
+                i += 2
+                continue
+            if t == c.CTA_TUPLE_REPLY:
+                return None  # reply before orig: leave such messages to the reference
+            self._header(buf, s - 4)
+            scalar = self._SCALARS.get(t)
+            if scalar is not None:
+                field, fmt, size = scalar
+                self.fields[field] = f"v[{self._value(buf, s, e, nested, fmt, size)}]"
+            elif t in (c.CTA_COUNTERS_ORIG, c.CTA_COUNTERS_REPLY):
+                d = "orig" if t == c.CTA_COUNTERS_ORIG else "reply"
+                self._children(
+                    buf,
+                    off,
+                    s,
+                    e,
+                    {
+                        c.CTA_COUNTERS_PACKETS: (f"{d}_packets", "Q", 8),
+                        c.CTA_COUNTERS_BYTES: (f"{d}_bytes", "Q", 8),
+                        c.CTA_COUNTERS32_PACKETS: (f"{d}_packets", "I", 4),
+                        c.CTA_COUNTERS32_BYTES: (f"{d}_bytes", "I", 4),
+                    },
+                )
+            elif t == c.CTA_PROTOINFO:
+                for pt, ps, pe, _pn in _walk(buf, s, e):
+                    self._pad_to(ps - 4 - off)
+                    self._header(buf, ps - 4)
+                    if pt in (c.CTA_PROTOINFO_TCP, c.CTA_PROTOINFO_SCTP, c.CTA_PROTOINFO_DCCP):
+                        self._children(buf, off, ps, pe, {1: ("state", "B", 1)})
+                    self._pad_to(pe - off)
+            elif t == c.CTA_TIMESTAMP:
+                self._children(
+                    buf,
+                    off,
+                    s,
+                    e,
+                    {
+                        c.CTA_TIMESTAMP_START: ("start", "Q", 8),
+                        c.CTA_TIMESTAMP_STOP: ("stop", "Q", 8),
+                    },
+                )
+            elif t == c.CTA_HELP:
+                self._children(buf, off, s, e, {c.CTA_HELP_NAME: ("helper", "s", 0)})
+                if "helper" in self.fields:
+                    self.fields["helper"] = f"_cstring({self.fields['helper']})"
+            elif t == c.CTA_SECCTX:
+                self._children(buf, off, s, e, {c.CTA_SECCTX_NAME: ("secctx", "s", 0)})
+                if "secctx" in self.fields:
+                    self.fields["secctx"] = f"_cstring({self.fields['secctx']})"
+            elif t == c.CTA_LABELS:
+                self.fields["labels"] = f"_labels(v[{self._item(f'{e - s}s', e - s)}])"
+            # anything else is unknown to us: its header is checked, its value skipped
+            self._pad_to(e - off)
+            i += 1
+        self._pad_to(end - off)
+        if self.region is None:
+            return None
+        return "".join(self.fmt)
+
+
+def _compile_shape(buf: bytes, off: int, end: int) -> _Shape | None:
+    b = _ShapeBuilder()
+    try:
+        fmt = b.learn(buf, off, end)
+    except DecodeError:
+        return None
+    if fmt is None or b.region is None:
+        return None
+    unpacker = struct.Struct(">" + fmt)
+    if unpacker.size != end - off:
+        return None
+    f = b.fields
+    flow_fields = (
+        "family",
+        "t[2]",
+        "t[0]",
+        "t[1]",
+        f.get("id", "None"),
+        f.get("status", "None"),
+        f.get("state", "None"),
+        f.get("timeout", "None"),
+        f.get("mark", "None"),
+        f.get("zone", "0"),
+        f.get("use", "None"),
+        f.get("orig_packets", "None"),
+        f.get("orig_bytes", "None"),
+        f.get("reply_packets", "None"),
+        f.get("reply_bytes", "None"),
+        f.get("start", "None"),
+        f.get("stop", "None"),
+        f.get("labels", "None"),
+        f.get("helper", "None"),
+        f.get("secctx", "None"),
+    )
+    got = ", ".join(f"v[{i}]" for i, _ in b.headers)
+    want = tuple(w for _, w in b.headers)
+    src = (
+        "def run(buf, off, family, tuples, next_tuples):\n"
+        "    v = unpack(buf, off)\n"
+        f"    if ({got},) != want:\n"
+        "        return None\n"
+        f"    r = v[{b.region}]\n"
+        "    t = tuples.get(r)\n"
+        "    if t is None:\n"
+        "        t = region(r)\n"
+        "    next_tuples[r] = t\n"
+        f"    return new(Flow, ({', '.join(flow_fields)}))\n"
+    )
+    env: dict[str, object] = {
+        "unpack": unpacker.unpack_from,
+        "want": want,
+        "region": _decode_tuples_region,
+        "new": tuple.__new__,
+        "Flow": Flow,
+        "_labels": _labels,
+        "_cstring": _cstring,
+    }
+    # Generated from our own struct layout above; no outside text reaches it.
+    exec(src, env)
+    return _Shape(env["run"])
+
+
+class FastDecoder:
+    """Decodes the messages of successive dumps, learning their shapes as it goes.
+
+    Call `begin()` before a dump and `end()` after it: the tuple cache then holds exactly the
+    flows of the last complete dump, so its size follows the table's.
+    """
+
+    def __init__(self) -> None:
+        self.shapes: dict[int, list[_Shape]] = {}
+        self.nshapes = 0
+        self.tuples: dict[bytes, tuple[Tuple, Tuple, int]] = {}
+        self.next_tuples: dict[bytes, tuple[Tuple, Tuple, int]] = {}
+
+    def begin(self) -> None:
+        self.next_tuples = {}
+
+    def end(self) -> None:
+        self.tuples = self.next_tuples
+        self.next_tuples = {}
+
+    def decode(self, buf: bytes, off: int, end: int, family: int) -> Flow:
+        """Same result as `decode_flow(buf, off, end, family)`, usually much faster."""
+        shapes = self.shapes.get(end - off)
+        if shapes is not None:
+            for shape in shapes:
+                try:
+                    flow = shape.run(buf, off, family, self.tuples, self.next_tuples)  # type: ignore[operator]
+                except DecodeError:
+                    break  # its tuples are bad: let the reference say how
+                if flow is not None:
+                    return flow  # type: ignore[no-any-return]
+        flow = decode_flow(buf, off, end, family)
+        if self.nshapes < _MAX_SHAPES and (shapes is None or len(shapes) < _MAX_SHAPES_PER_LENGTH):
+            learned = _compile_shape(buf, off, end)
+            if learned is not None:
+                self.shapes.setdefault(end - off, []).append(learned)
+                self.nshapes += 1
+        return flow

@@ -1,0 +1,484 @@
+"""Snapshot diff → rates: per-flow bytes/s and packets/s each way, new/vanished/returned flows,
+counter resets, table fill, and short history rings for sparklines.
+
+Pure: no I/O and no clock reads — both times come in the `Snapshot`, so tests feed synthetic ones.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
+from operator import attrgetter
+from typing import NamedTuple, overload
+
+from cttop.conntrack.const import IPPROTO_TCP, proto_name, state_name
+from cttop.conntrack.model import Flow, FlowKey, Snapshot
+
+__all__ = ["ZERO_RATE", "FlowRow", "FlowRows", "Rate", "Sample", "Sampler", "Totals", "rates_sum"]
+
+
+class Rate(NamedTuple):
+    """Per-second change of a flow's counters between two snapshots, each direction."""
+
+    orig_bytes_per_s: float
+    reply_bytes_per_s: float
+    orig_packets_per_s: float
+    reply_packets_per_s: float
+
+    @property
+    def total_bytes_per_s(self) -> float:
+        return self.orig_bytes_per_s + self.reply_bytes_per_s
+
+    @property
+    def total_packets_per_s(self) -> float:
+        return self.orig_packets_per_s + self.reply_packets_per_s
+
+
+# Most flows of a big table are idle between two polls: they all share this one object.
+ZERO_RATE = Rate(0.0, 0.0, 0.0, 0.0)
+
+
+class FlowRow(NamedTuple):
+    """A flow of one sample and its rate; `rate` is None when it cannot be known (first sight,
+    counters reset, accounting off, no usable interval) — never a made-up 0."""
+
+    flow: Flow
+    rate: Rate | None
+
+
+class Totals(NamedTuple):
+    """The whole table at one sample."""
+
+    flows: int
+    by_proto: dict[str, int]  # protocol name -> flows
+    by_tcp_state: dict[str | None, int]  # TCP state name -> TCP flows (None: no state sent)
+    rate: Rate | None  # sum of the rows' rates; None when the sample has no interval
+    new: int | None  # keys not seen before (None on the first sample: nothing to compare)
+    vanished: int | None  # keys of the previous snapshot missing from this one
+    returned: int | None  # keys missing from recent snapshots that came back (not new)
+    new_per_s: float | None
+    vanished_per_s: float | None
+    restarted: int  # flows whose counters went down: their rate starts over
+    no_counters: int  # flows without byte/packet counters ("accounting off for N flows")
+    table_count: int | None
+    table_max: int | None
+    fill: float | None  # table_count / table_max
+
+    @property
+    def unchanged(self) -> int | None:
+        """Flows present in both this snapshot and the previous one."""
+        if self.new is None or self.returned is None:
+            return None
+        return self.flows - self.new - self.returned
+
+
+class FlowRows(Sequence[FlowRow]):
+    """Flows and their rates as two aligned lists, read as `FlowRow`s made on access.
+
+    Why not a list of FlowRow: 250k long-lived row objects cost more in garbage-collector passes
+    than computing the rates does. Idle flows share `ZERO_RATE`, so a sample of a quiet table
+    allocates almost nothing that outlives the step.
+    """
+
+    __slots__ = ("flows", "rates")
+
+    def __init__(self, flows: list[Flow], rates: list[Rate | None]) -> None:
+        if len(flows) != len(rates):
+            raise ValueError("flows and rates must be the same length")
+        self.flows = flows
+        self.rates = rates
+
+    @classmethod
+    def of(cls, rows: Iterable[FlowRow]) -> FlowRows:
+        """From any iterable of FlowRow (returned as is when it already is a FlowRows)."""
+        if isinstance(rows, FlowRows):
+            return rows
+        rows = list(rows)
+        return cls([r[0] for r in rows], [r[1] for r in rows])
+
+    def __len__(self) -> int:
+        return len(self.flows)
+
+    @overload
+    def __getitem__(self, index: int) -> FlowRow: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> FlowRows: ...
+
+    def __getitem__(self, index: int | slice) -> FlowRow | FlowRows:
+        if isinstance(index, slice):
+            return FlowRows(self.flows[index], self.rates[index])
+        return FlowRow(self.flows[index], self.rates[index])
+
+    def __iter__(self) -> Iterator[FlowRow]:
+        return map(FlowRow, self.flows, self.rates)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FlowRows):
+            return self.flows == other.flows and self.rates == other.rates
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the lists it holds
+
+    def __repr__(self) -> str:
+        return f"<FlowRows of {len(self.flows)} flows>"
+
+
+class Sample:
+    """What the Sampler makes of one snapshot: every flow with its rate, plus the totals."""
+
+    __slots__ = ("_index", "interval", "rows", "snapshot", "step", "totals")
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        rows: FlowRows,
+        interval: float | None,
+        totals: Totals,
+        step: int,
+    ) -> None:
+        self.snapshot = snapshot
+        self.rows = rows  # in the snapshot's order
+        self.interval = interval  # monotonic seconds since the previous snapshot, if usable
+        self.totals = totals
+        self.step = step  # 1 for the first snapshot a Sampler saw
+        self._index: dict[FlowKey, int] | None = None
+
+    @property
+    def time_wall(self) -> float:
+        return self.snapshot.time_wall
+
+    def row(self, key: FlowKey) -> FlowRow | None:
+        """The row of one flow (the TUI keeps its selection by key across samples)."""
+        if self._index is None:
+            self._index = {key: i for i, key in enumerate(self.snapshot.flows)}
+        i = self._index.get(key)
+        return None if i is None else self.rows[i]
+
+    def __repr__(self) -> str:
+        return f"<Sample step={self.step} flows={len(self.rows)} interval={self.interval}>"
+
+
+_NAN = math.nan
+
+
+# A flow's history ring: array('d') of [first step, last step written, n values], the value of
+# step s at 2 + s % n and NaN standing for None. A bare array rather than an object: arrays hold
+# no references, so thousands of them add nothing to the garbage collector's passes. Only flows
+# that moved (or had a None to record) get one: an idle flow's history is zeros, which
+# `Sampler.history` rebuilds without storing them.
+_FIRST = 0
+_LAST = 1
+
+
+def _new_ring(n: int, first: int) -> array[float]:
+    ring = array("d", bytes(8 * (n + 2)))  # 0.0: steps before `first` were idle
+    ring[_FIRST] = first
+    ring[_LAST] = first - 1
+    return ring
+
+
+def _ring_fill(ring: array[float], upto: int, value: float) -> None:
+    # Only the last n steps are still in the window: older ones need no writing.
+    n = len(ring) - 2
+    last = int(ring[_LAST])
+    for s in range(max(last + 1, upto - n + 1), upto + 1):
+        ring[2 + s % n] = value
+    if upto > last:
+        ring[_LAST] = upto
+
+
+def _ring_absent(ring: array[float], first: int, last: int) -> None:
+    """The flow was missing from the dumps of steps first..last (NaN: nothing to show)."""
+    _ring_fill(ring, first - 1, 0.0)
+    _ring_fill(ring, last, _NAN)
+
+
+_proto_and_state = attrgetter("protonum", "state")
+_new_tuple = tuple.__new__
+
+
+class Sampler:
+    """Turns successive snapshots into samples (flows + rates + totals) and keeps history.
+
+    A flow's identity is its `Flow.key`, (zone, original tuple, CTA_ID): the id alone is a 32-bit
+    hash that repeats, so the same id with another tuple is another flow.
+    """
+
+    def __init__(self, history: int = 60, keep_vanished: int = 2) -> None:
+        """`history`: polls kept per flow and for the totals (sparkline length).
+        `keep_vanished`: for how many polls a flow missing from the dump is remembered; a dump is
+        not atomic and may miss a live entry, and if it comes back within that many polls its
+        rate continues from its last counters instead of starting over as a new flow.
+        """
+        if history < 1:
+            raise ValueError("history must be at least 1")
+        if keep_vanished < 0:
+            raise ValueError("keep_vanished must not be negative")
+        self.history_length = history
+        self.keep_vanished = keep_vanished
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (e.g. after switching to another network namespace)."""
+        self._step = 0
+        self._prev_flows: dict[FlowKey, Flow] = {}
+        self._prev_time: float | None = None
+        # key -> (last Flow seen, monotonic time of that snapshot, first step it was missing)
+        self._vanished: dict[FlowKey, tuple[Flow, float, int]] = {}
+        # key -> first step of the flow's known history (its first sight, or when metering began)
+        self._since: dict[FlowKey, int] = {}
+        self._rings: dict[FlowKey, array[float]] = {}
+        self._ring_template = _new_ring(self.history_length, 0)
+        self._totals: deque[Totals] = deque(maxlen=self.history_length)
+
+    # -- the step -------------------------------------------------------------------------------
+
+    def step(self, snapshot: Snapshot) -> Sample:
+        """Diff `snapshot` against the previous one. O(flows): one dict lookup per flow."""
+        self._step += 1
+        step = self._step
+        flows = snapshot.flows
+        now = snapshot.time_monotonic
+        prev = self._prev_flows
+        prev_time = self._prev_time
+        first = prev_time is None
+        interval = None if prev_time is None else now - prev_time
+        # A snapshot not later than the previous one (a replay fed twice, a clock that went
+        # backwards) gives no rates at all rather than infinite or negative ones.
+        timed = interval is not None and interval > 0
+        if not timed:
+            interval = None
+        dt = interval or 0.0
+        zero_rate: Rate | None = ZERO_RATE if timed else None
+
+        self._forget_vanished(step)
+        vanished_store = self._vanished
+        since = self._since
+        rings = self._rings
+        rings_get = rings.get
+        n_hist = self.history_length
+        template = self._ring_template
+
+        rates: list[Rate | None] = []
+        append = rates.append
+        prev_get = prev.get
+        new = returned = restarted = no_counters = 0
+        sum_ob = sum_rb = sum_op = sum_rp = 0.0
+
+        for key, f in flows.items():
+            p = prev_get(key)
+            fdt = dt
+            gone_since = 0  # for a flow back from the vanished: the first step it was missing
+            if p is None:
+                back = vanished_store.pop(key, None) if vanished_store else None
+                if back is None:
+                    new += 1
+                    since[key] = step
+                    if not _metered(f):
+                        no_counters += 1
+                    append(None)
+                    continue
+                # Missed by a dump or two and back: continue from its last counters, over the
+                # time since they were read.
+                returned += 1
+                p, seen_at, gone_since = back
+                fdt = now - seen_at
+
+            ob = f.orig_bytes
+            rb = f.reply_bytes
+            op = f.orig_packets
+            rp = f.reply_packets
+            if ob is None or rb is None or op is None or rp is None:
+                no_counters += 1
+                append(None)
+                continue
+            pob = p.orig_bytes
+            prb = p.reply_bytes
+            pop = p.orig_packets
+            prp = p.reply_packets
+            if ob == pob and rb == prb and op == pop and rp == prp and not gone_since:
+                # The common case in a big table: nothing moved since the last poll.
+                append(zero_rate)
+                continue
+            if pob is None or prb is None or pop is None or prp is None:
+                # Counters appeared on a flow that had none: metering (and history) start now.
+                since[key] = step
+                rings.pop(key, None)
+                append(None)
+                continue
+            dob = ob - pob
+            drb = rb - prb
+            dop = op - pop
+            drp = rp - prp
+            rate: Rate | None
+            if dob < 0 or drb < 0 or dop < 0 or drp < 0:
+                # Zeroed by another tool (conntrack -L -z) or an entry reused under the same
+                # key: the rate starts over from these counters, never negative or wrapped.
+                restarted += 1
+                rate = None
+                value = _NAN
+            elif not timed or fdt <= 0:
+                rate = None
+                value = _NAN
+            else:
+                # tuple.__new__ skips NamedTuple's Python-level __new__: this runs per moved flow.
+                rate = _new_tuple(Rate, (dob / fdt, drb / fdt, dop / fdt, drp / fdt))
+                sum_ob += rate[0]
+                sum_rb += rate[1]
+                sum_op += rate[2]
+                sum_rp += rate[3]
+                value = rate[0] + rate[1]
+            append(rate)
+            if value != 0.0 or gone_since:  # NaN != 0.0 too: a None is worth recording
+                # Record the value in the flow's ring (inline: this runs per moved flow).
+                ring = rings_get(key)
+                if ring is None:
+                    ring = rings[key] = template[:]
+                    ring_first = gone_since or step
+                    ring[_FIRST] = ring_first
+                    ring[_LAST] = ring_first - 1
+                if gone_since:
+                    _ring_absent(ring, gone_since, step - 1)
+                if ring[_LAST] < step - 1:
+                    _ring_fill(ring, step - 1, 0.0)
+                ring[2 + step % n_hist] = value
+                ring[_LAST] = step
+
+        # Vanished: keys of the previous snapshot missing from this one. Counted from the sizes;
+        # the set difference is only built when something did vanish.
+        vanished = len(prev) - (len(flows) - new - returned)
+        if vanished > 0:
+            for key in prev.keys() - flows.keys():
+                if self.keep_vanished:
+                    vanished_store[key] = (prev[key], now if prev_time is None else prev_time, step)
+                else:
+                    self._forget(key)
+
+        if step % n_hist == 0:
+            self._sweep_rings(step)
+
+        by_proto: dict[str, int] = {}
+        by_tcp_state: dict[str | None, int] = {}
+        for (protonum, state), count in Counter(map(_proto_and_state, flows.values())).items():
+            name = proto_name(protonum)
+            by_proto[name] = by_proto.get(name, 0) + count
+            if protonum == IPPROTO_TCP:
+                sname = state_name(protonum, state)
+                by_tcp_state[sname] = by_tcp_state.get(sname, 0) + count
+
+        table_count, table_max = snapshot.table_count, snapshot.table_max
+        totals = Totals(
+            flows=len(flows),
+            by_proto=by_proto,
+            by_tcp_state=by_tcp_state,
+            rate=Rate(sum_ob, sum_rb, sum_op, sum_rp) if timed else None,
+            new=None if first else new,
+            vanished=None if first else vanished,
+            returned=None if first else returned,
+            new_per_s=new / dt if timed else None,
+            vanished_per_s=vanished / dt if timed else None,
+            restarted=restarted,
+            no_counters=no_counters,
+            table_count=table_count,
+            table_max=table_max,
+            fill=table_count / table_max if table_count is not None and table_max else None,
+        )
+        self._totals.append(totals)
+        self._prev_flows = flows
+        self._prev_time = now
+        return Sample(snapshot, FlowRows(list(flows.values()), rates), interval, totals, step)
+
+    def _forget_vanished(self, step: int) -> None:
+        # Entries are stored in the order they vanished: the expired ones are at the front.
+        store = self._vanished
+        while store:
+            key = next(iter(store))
+            if step - store[key][2] <= self.keep_vanished:
+                break
+            del store[key]
+            self._forget(key)
+
+    def _forget(self, key: FlowKey) -> None:
+        self._since.pop(key, None)
+        self._rings.pop(key, None)
+
+    def _sweep_rings(self, step: int) -> None:
+        # A ring last written a whole window ago holds nothing in the window any more.
+        horizon = step - self.history_length
+        stale = [key for key, ring in self._rings.items() if ring[_LAST] <= horizon]
+        for key in stale:
+            del self._rings[key]
+
+    # -- history --------------------------------------------------------------------------------
+
+    def history(self, key: FlowKey) -> list[float | None]:
+        """Total bytes/s of one flow at each of its last polls (at most `history`), oldest first.
+
+        None where it had no rate (first sight, counters reset, accounting off) or was missing
+        from the dump; [] for a flow this sampler does not know (or has forgotten).
+        """
+        since = self._since.get(key)
+        if since is None:
+            return []
+        flow = self._prev_flows.get(key)
+        if flow is not None:
+            last = self._step
+        else:
+            gone = self._vanished.get(key)
+            if gone is None:
+                return []
+            flow, last = gone[0], gone[2] - 1
+        start = max(since, last - self.history_length + 1)
+        if not _metered(flow):
+            return [None] * (last - start + 1)
+        out: list[float | None] = [0.0] * (last - start + 1)
+        ring = self._rings.get(key)
+        if ring is not None:
+            n = len(ring) - 2
+            ring_first, ring_last = int(ring[_FIRST]), int(ring[_LAST])
+            for s in range(max(start, ring_first, ring_last - n + 1), min(ring_last, last) + 1):
+                v = ring[2 + s % n]
+                out[s - start] = None if v != v else v  # NaN: nothing to show
+        if since >= start:
+            out[since - start] = None  # first sight (or first metered sight): no rate yet
+        return out
+
+    @property
+    def totals_history(self) -> list[Totals]:
+        """The totals of the last polls (at most `history`), oldest first."""
+        return list(self._totals)
+
+    def totals_rate_history(self) -> list[float | None]:
+        """Total bytes/s of the whole table at each of the last polls, oldest first."""
+        return [None if t.rate is None else t.rate.total_bytes_per_s for t in self._totals]
+
+    @property
+    def tracked(self) -> int:
+        """Flows with state held: the last snapshot's plus the recently vanished."""
+        return len(self._prev_flows) + len(self._vanished)
+
+
+def _metered(f: Flow) -> bool:
+    """A rate needs all four counters; the kernel sends both directions or neither."""
+    return not (
+        f.orig_bytes is None
+        or f.reply_bytes is None
+        or f.orig_packets is None
+        or f.reply_packets is None
+    )
+
+
+def rates_sum(rates: Iterable[Rate | None]) -> Rate | None:
+    """Sum of the rates that are not None, in order; None when there is none."""
+    present = [r for r in rates if r is not None]
+    if not present:
+        return None
+    return Rate(
+        sum(r[0] for r in present),
+        sum(r[1] for r in present),
+        sum(r[2] for r in present),
+        sum(r[3] for r in present),
+    )
