@@ -61,8 +61,9 @@ class NetlinkErrno(NetlinkError):
 
     def __init__(self, err: int, context: str = "") -> None:
         self.errno = err
-        name = errno.errorcode.get(err, str(err))
-        text = f"{os.strerror(err)} ({name})"
+        name = errno.errorcode.get(err)
+        # A corrupt message can carry any 32-bit value; only real errnos get a description.
+        text = f"{os.strerror(err)} ({name})" if name else f"error {err}"
         super().__init__(f"{context}: {text}" if context else text)
 
 

@@ -22,7 +22,8 @@ def test_data_layers_import_no_textual() -> None:
         "import importlib, sys\n"
         f"for name in {DATA_LAYERS!r}:\n"
         "    importlib.import_module(name)\n"
-        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich'))))\n"
+        "ui = [m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')]\n"
+        "print(','.join(sorted(ui)))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

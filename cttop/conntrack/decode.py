@@ -109,7 +109,7 @@ def decode_tuple(buf: bytes, off: int, end: int) -> tuple[Tuple, int | None]:
     for t, s, e, nested in _walk(buf, off, end):
         if t == c.CTA_TUPLE_IP:
             for at, as_, ae, an in _walk(buf, s, e):
-                if an:
+                if an and c.CTA_IP_V4_SRC <= at <= c.CTA_IP_V6_DST:
                     raise DecodeError("address attribute marked nested")
                 if at == c.CTA_IP_V4_SRC:
                     src = _addr(buf, as_, ae, 4)
@@ -357,11 +357,11 @@ def _compile_region(region: bytes) -> object | None:
         "new(Tuple, (" + ", ".join(fields[d].get(n, "None") for n in _TUPLE_FIELDS) + "))"
         for d in (0, 1)
     ]
-    got = ", ".join(f"v[{i}]" for i, _ in b.headers)
+    got = "".join(f"v[{i}], " for i, _ in b.headers)
     src = (
         "def run(r):\n"
         "    v = unpack(r)\n"
-        f"    if ({got},) != want:\n"
+        f"    if ({got}) != want:\n"
         "        return None\n"
         f"    return ({tuples[0]}, {tuples[1]}, {fields[0]['proto']})\n"
     )
@@ -572,12 +572,12 @@ def _compile_shape(buf: bytes, off: int, end: int) -> _Shape | None:
         f.get("helper", "None"),
         f.get("secctx", "None"),
     )
-    got = ", ".join(f"v[{i}]" for i, _ in b.headers)
+    got = "".join(f"v[{i}], " for i, _ in b.headers)
     want = tuple(w for _, w in b.headers)
     src = (
         "def run(buf, off, family, tuples, next_tuples):\n"
         "    v = unpack(buf, off)\n"
-        f"    if ({got},) != want:\n"
+        f"    if ({got}) != want:\n"
         "        return None\n"
         f"    r = v[{b.region}]\n"
         "    t = tuples.get(r)\n"
@@ -628,7 +628,9 @@ class FastDecoder:
                 try:
                     flow = shape.run(buf, off, family, self.tuples, self.next_tuples)  # type: ignore[operator]
                 except DecodeError:
-                    break  # its tuples are bad: let the reference say how
+                    # Headers matched but the tuples did not fit this shape: another shape of
+                    # the same length may be the right one (zones move attributes around).
+                    continue
                 if flow is not None:
                     return flow  # type: ignore[no-any-return]
         flow = decode_flow(buf, off, end, family)

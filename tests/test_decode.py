@@ -1,0 +1,687 @@
+"""The ctnetlink decoder: attribute lists -> Flow, bad inputs -> DecodeError, and a round trip
+through the test-side encoder (tests/ctgen.py) for hypothesis-generated flows.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import NamedTuple
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cttop.conntrack import const as c
+from cttop.conntrack.decode import DecodeError, decode_flow, decode_message, decode_tuple
+from cttop.conntrack.model import Flow, Tuple
+from cttop.netlink import NLA_F_NESTED, NLA_F_NET_BYTEORDER, NetlinkError, attr, message, nest
+from tests import ctgen
+from tests.ctgen import (
+    CT_DELETE,
+    CT_GET,
+    CT_NEW,
+    be16,
+    be32,
+    be64,
+    cstring,
+    encode_flow_message,
+    encode_tuple,
+    flow_message,
+    flow_of,
+    flows,
+    raw_attr,
+    u8,
+)
+
+V4, V6 = c.AF_INET, c.AF_INET6
+NBO, NESTED = NLA_F_NET_BYTEORDER, NLA_F_NESTED
+
+O4 = Tuple("192.0.2.1", "198.51.100.2", 40000, 443)
+R4 = Tuple("198.51.100.2", "192.0.2.1", 443, 40000)
+O6 = Tuple("2001:db8::1", "2001:db8:0:1::2", 5353, 53)
+R6 = Tuple("2001:db8:0:1::2", "2001:db8::1", 53, 5353)
+
+
+def orig4(proto: int | None = c.IPPROTO_TCP, tup: Tuple = O4, **kw: bool) -> bytes:
+    return encode_tuple(c.CTA_TUPLE_ORIG, tup, V4, proto, **kw)
+
+
+def reply4(proto: int | None = c.IPPROTO_TCP, tup: Tuple = R4, **kw: bool) -> bytes:
+    return encode_tuple(c.CTA_TUPLE_REPLY, tup, V4, proto, **kw)
+
+
+TUPLES4 = orig4() + reply4()
+BASE4 = Flow(V4, c.IPPROTO_TCP, O4, R4)
+
+
+def tuple_nest(nla_type: int, ip: bytes, proto: bytes, *more: bytes) -> bytes:
+    return nest(nla_type, nest(c.CTA_TUPLE_IP, ip), nest(c.CTA_TUPLE_PROTO, proto), *more)
+
+
+def ip4(src: str = "192.0.2.1", dst: str = "198.51.100.2") -> bytes:
+    return attr(c.CTA_IP_V4_SRC, socket.inet_aton(src)) + attr(
+        c.CTA_IP_V4_DST, socket.inet_aton(dst)
+    )
+
+
+def tcp_ports(sport: int = 40000, dport: int = 443) -> bytes:
+    return (
+        u8(c.CTA_PROTO_NUM, c.IPPROTO_TCP)
+        + be16(c.CTA_PROTO_SRC_PORT, sport)
+        + be16(c.CTA_PROTO_DST_PORT, dport)
+    )
+
+
+class Good(NamedTuple):
+    id: str
+    attrs: bytes
+    expected: Flow
+    family: int = V4
+
+
+def g(id_: str, attrs: bytes, expected: Flow, family: int = V4) -> Good:
+    return Good(id_, attrs, expected, family)
+
+
+GOOD: list[Good] = [
+    g("tuples only: everything else None, zone 0", TUPLES4, BASE4),
+    g("status", TUPLES4 + be32(c.CTA_STATUS, 0x18E), BASE4._replace(status=0x18E)),
+    g("timeout", TUPLES4 + be32(c.CTA_TIMEOUT, 431999), BASE4._replace(timeout=431999)),
+    g("mark", TUPLES4 + be32(c.CTA_MARK, 0xDEADBEEF), BASE4._replace(mark=0xDEADBEEF)),
+    g("mark 0 is 0, not None", TUPLES4 + be32(c.CTA_MARK, 0), BASE4._replace(mark=0)),
+    g("id", TUPLES4 + be32(c.CTA_ID, 0xFFFFFFFF), BASE4._replace(id=0xFFFFFFFF)),
+    g("use", TUPLES4 + be32(c.CTA_USE, 2), BASE4._replace(use=2)),
+    g("zone", TUPLES4 + be16(c.CTA_ZONE, 65535), BASE4._replace(zone=65535)),
+    g("zone sent as 0", TUPLES4 + be16(c.CTA_ZONE, 0), BASE4),
+    g(
+        "directional tuple zones",
+        encode_tuple(c.CTA_TUPLE_ORIG, O4._replace(zone=3), V4, 6)
+        + encode_tuple(c.CTA_TUPLE_REPLY, R4._replace(zone=4), V4, 6),
+        BASE4._replace(orig=O4._replace(zone=3), reply=R4._replace(zone=4)),
+    ),
+    g(
+        "64-bit counters both directions",
+        TUPLES4
+        + nest(
+            c.CTA_COUNTERS_ORIG,
+            be64(c.CTA_COUNTERS_PACKETS, 2**64 - 1),
+            be64(c.CTA_COUNTERS_BYTES, 2**40),
+        )
+        + nest(
+            c.CTA_COUNTERS_REPLY, be64(c.CTA_COUNTERS_PACKETS, 0), be64(c.CTA_COUNTERS_BYTES, 0)
+        ),
+        BASE4._replace(orig_packets=2**64 - 1, orig_bytes=2**40, reply_packets=0, reply_bytes=0),
+    ),
+    g(
+        "64-bit counters with CTA_COUNTERS_PAD",
+        TUPLES4
+        + nest(
+            c.CTA_COUNTERS_ORIG,
+            attr(c.CTA_COUNTERS_PAD, b""),
+            be64(c.CTA_COUNTERS_PACKETS, 12),
+            attr(c.CTA_COUNTERS_PAD, b""),
+            be64(c.CTA_COUNTERS_BYTES, 3000),
+        ),
+        BASE4._replace(orig_packets=12, orig_bytes=3000),
+    ),
+    g(
+        "32-bit counters (old kernels)",
+        TUPLES4
+        + nest(
+            c.CTA_COUNTERS_REPLY,
+            be32(c.CTA_COUNTERS32_PACKETS, 40),
+            be32(c.CTA_COUNTERS32_BYTES, 0xFFFFFFFF),
+        ),
+        BASE4._replace(reply_packets=40, reply_bytes=0xFFFFFFFF),
+    ),
+    g(
+        "counters: only packets sent, bytes stay None",
+        TUPLES4 + nest(c.CTA_COUNTERS_ORIG, be64(c.CTA_COUNTERS_PACKETS, 5)),
+        BASE4._replace(orig_packets=5),
+    ),
+    g(
+        "empty counters nest",
+        TUPLES4 + nest(c.CTA_COUNTERS_ORIG),
+        BASE4,
+    ),
+    g(
+        "timestamps start+stop with CTA_TIMESTAMP_PAD",
+        TUPLES4
+        + nest(
+            c.CTA_TIMESTAMP,
+            attr(c.CTA_TIMESTAMP_PAD, b""),
+            be64(c.CTA_TIMESTAMP_START, 1_700_000_000_123_456_789),
+            be64(c.CTA_TIMESTAMP_STOP, 1_700_000_060_000_000_000),
+        ),
+        BASE4._replace(start=1_700_000_000_123_456_789, stop=1_700_000_060_000_000_000),
+    ),
+    g(
+        "timestamp start only",
+        TUPLES4 + nest(c.CTA_TIMESTAMP, be64(c.CTA_TIMESTAMP_START, 1)),
+        BASE4._replace(start=1),
+    ),
+    g(
+        "labels, 16 bytes big-endian",
+        TUPLES4 + attr(c.CTA_LABELS, (1 << 127 | 1 << 3).to_bytes(16, "big")),
+        BASE4._replace(labels=1 << 127 | 1 << 3),
+    ),
+    g("labels all zero is 0", TUPLES4 + attr(c.CTA_LABELS, b"\0" * 16), BASE4._replace(labels=0)),
+    g(
+        "helper name",
+        TUPLES4 + nest(c.CTA_HELP, cstring(c.CTA_HELP_NAME, "ftp")),
+        BASE4._replace(helper="ftp"),
+    ),
+    g(
+        "helper name without NUL, with CTA_HELP_INFO",
+        TUPLES4 + nest(c.CTA_HELP, attr(c.CTA_HELP_NAME, b"sip"), attr(2, b"\0" * 8)),
+        BASE4._replace(helper="sip"),
+    ),
+    g(
+        "secctx",
+        TUPLES4 + nest(c.CTA_SECCTX, cstring(c.CTA_SECCTX_NAME, "system_u:object_r:x_t:s0")),
+        BASE4._replace(secctx="system_u:object_r:x_t:s0"),
+    ),
+    g(
+        "TCP protoinfo: state beside wscale and flags",
+        TUPLES4
+        + nest(
+            c.CTA_PROTOINFO,
+            nest(
+                c.CTA_PROTOINFO_TCP,
+                u8(c.CTA_PROTOINFO_TCP_STATE, 3),
+                u8(c.CTA_PROTOINFO_TCP_WSCALE_ORIGINAL, 7),
+                u8(c.CTA_PROTOINFO_TCP_WSCALE_REPLY, 7),
+                attr(c.CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, b"\x23\x23"),
+                attr(c.CTA_PROTOINFO_TCP_FLAGS_REPLY, b"\x23\x23"),
+            ),
+        ),
+        BASE4._replace(state=3),
+    ),
+    g(
+        "SCTP protoinfo",
+        orig4(c.IPPROTO_SCTP)
+        + reply4(c.IPPROTO_SCTP)
+        + nest(
+            c.CTA_PROTOINFO,
+            nest(
+                c.CTA_PROTOINFO_SCTP,
+                u8(c.CTA_PROTOINFO_SCTP_STATE, 4),
+                be32(c.CTA_PROTOINFO_SCTP_VTAG_ORIGINAL, 1),
+                be32(c.CTA_PROTOINFO_SCTP_VTAG_REPLY, 2),
+            ),
+        ),
+        BASE4._replace(protonum=c.IPPROTO_SCTP, state=4),
+    ),
+    g(
+        "DCCP protoinfo",
+        orig4(c.IPPROTO_DCCP)
+        + reply4(c.IPPROTO_DCCP)
+        + nest(
+            c.CTA_PROTOINFO,
+            nest(c.CTA_PROTOINFO_DCCP, u8(c.CTA_PROTOINFO_DCCP_STATE, 4), u8(2, 1)),
+        ),
+        BASE4._replace(protonum=c.IPPROTO_DCCP, state=4),
+    ),
+    g(
+        "protoinfo without a state",
+        TUPLES4 + nest(c.CTA_PROTOINFO, nest(c.CTA_PROTOINFO_TCP, u8(2, 7))),
+        BASE4,
+    ),
+    g(
+        "IPv6 UDP",
+        encode_tuple(c.CTA_TUPLE_ORIG, O6, V6, c.IPPROTO_UDP)
+        + encode_tuple(c.CTA_TUPLE_REPLY, R6, V6, c.IPPROTO_UDP),
+        Flow(V6, c.IPPROTO_UDP, O6, R6),
+        V6,
+    ),
+    g(
+        "ICMP echo",
+        encode_tuple(c.CTA_TUPLE_ORIG, Tuple("10.0.0.1", "10.0.0.2", None, None, 8, 0, 77), V4, 1)
+        + encode_tuple(
+            c.CTA_TUPLE_REPLY, Tuple("10.0.0.2", "10.0.0.1", None, None, 0, 0, 77), V4, 1
+        ),
+        Flow(
+            V4,
+            c.IPPROTO_ICMP,
+            Tuple("10.0.0.1", "10.0.0.2", icmp_type=8, icmp_code=0, icmp_id=77),
+            Tuple("10.0.0.2", "10.0.0.1", icmp_type=0, icmp_code=0, icmp_id=77),
+        ),
+    ),
+    g(
+        "ICMPv6 echo (CTA_PROTO_ICMPV6_* types)",
+        encode_tuple(
+            c.CTA_TUPLE_ORIG, Tuple("::1", "::2", None, None, 128, 0, 4343), V6, c.IPPROTO_ICMPV6
+        )
+        + encode_tuple(
+            c.CTA_TUPLE_REPLY, Tuple("::2", "::1", None, None, 129, 0, 4343), V6, c.IPPROTO_ICMPV6
+        ),
+        Flow(
+            V6,
+            c.IPPROTO_ICMPV6,
+            Tuple("::1", "::2", icmp_type=128, icmp_code=0, icmp_id=4343),
+            Tuple("::2", "::1", icmp_type=129, icmp_code=0, icmp_id=4343),
+        ),
+        V6,
+    ),
+    g(
+        "GRE keys in the port attributes",
+        orig4(c.IPPROTO_GRE, Tuple("192.0.2.1", "192.0.2.2", 1, 2))
+        + reply4(c.IPPROTO_GRE, Tuple("192.0.2.2", "192.0.2.1", 2, 1)),
+        Flow(
+            V4,
+            c.IPPROTO_GRE,
+            Tuple("192.0.2.1", "192.0.2.2", 1, 2),
+            Tuple("192.0.2.2", "192.0.2.1", 2, 1),
+        ),
+    ),
+    g(
+        "unknown protocol 99: no ports",
+        orig4(99, Tuple("192.0.2.1", "192.0.2.2")) + reply4(99, Tuple("192.0.2.2", "192.0.2.1")),
+        Flow(V4, 99, Tuple("192.0.2.1", "192.0.2.2"), Tuple("192.0.2.2", "192.0.2.1")),
+    ),
+    g(
+        "tuple without addresses",
+        tuple_nest(c.CTA_TUPLE_ORIG, b"", u8(c.CTA_PROTO_NUM, 6))
+        + tuple_nest(c.CTA_TUPLE_REPLY, b"", b""),
+        Flow(V4, 6, Tuple(None, None), Tuple(None, None)),
+    ),
+    g(
+        "reply tuple without CTA_PROTO_NUM is fine (orig has it)",
+        orig4() + reply4(None),
+        BASE4,
+    ),
+    g(
+        "reply before orig, scalars in between",
+        be32(c.CTA_MARK, 1) + reply4() + be32(c.CTA_STATUS, 8) + orig4(),
+        BASE4._replace(mark=1, status=8),
+    ),
+    g(
+        "unknown top-level attributes ignored",
+        attr(0, b"\1\2")
+        + TUPLES4
+        + attr(28, b"hello")
+        + attr(0x3FFF, b"")
+        + nest(300, attr(1, b"\0" * 4), nest(2, attr(1, b"x")))
+        + be32(c.CTA_MARK, 5),
+        BASE4._replace(mark=5),
+    ),
+    g(
+        "known attributes the decoder does not use are ignored",
+        TUPLES4
+        + nest(c.CTA_NAT_SRC, be32(1, 0x0A000001))
+        + nest(c.CTA_SEQ_ADJ_ORIG, be32(1, 1), be32(2, 2), be32(3, 3))
+        + encode_tuple(c.CTA_TUPLE_MASTER, Tuple("10.9.9.9", "10.8.8.8", 1, 2), V4, 6)
+        + be32(c.CTA_MARK_MASK, 0xFF)
+        + be32(c.CTA_STATUS_MASK, 0xFF)
+        + nest(c.CTA_SYNPROXY, be32(1, 5)),
+        BASE4,
+    ),
+    g(
+        "unknown attributes inside every nest ignored",
+        encode_tuple(c.CTA_TUPLE_ORIG, O4, V4, 6, unknown=True)
+        + encode_tuple(c.CTA_TUPLE_REPLY, R4, V4, 6, unknown=True)
+        + nest(c.CTA_COUNTERS_ORIG, attr(9, b"\xff" * 8), be64(c.CTA_COUNTERS_BYTES, 9))
+        + nest(c.CTA_TIMESTAMP, attr(9, b"\0"), be64(c.CTA_TIMESTAMP_START, 7))
+        + nest(c.CTA_PROTOINFO, nest(9, u8(1, 200)), nest(c.CTA_PROTOINFO_TCP, u8(1, 2), u8(9, 9)))
+        + nest(c.CTA_HELP, attr(7, b"zz"), cstring(c.CTA_HELP_NAME, "tftp")),
+        BASE4._replace(orig_bytes=9, start=7, state=2, helper="tftp"),
+    ),
+    g(
+        "unknown nested attribute inside CTA_TUPLE_IP ignored",
+        tuple_nest(c.CTA_TUPLE_ORIG, ip4() + nest(9, attr(1, b"\0" * 4)), tcp_ports()) + reply4(),
+        BASE4,
+    ),
+    g(
+        "NLA_F_NET_BYTEORDER masked on scalars",
+        encode_tuple(c.CTA_TUPLE_ORIG, O4, V4, 6, net_byteorder=True)
+        + encode_tuple(c.CTA_TUPLE_REPLY, R4, V4, 6, net_byteorder=True)
+        + be32(c.CTA_STATUS, 6, True)
+        + be32(c.CTA_MARK, 9, True)
+        + be16(c.CTA_ZONE, 2, True)
+        + nest(c.CTA_COUNTERS_ORIG, be64(c.CTA_COUNTERS_PACKETS, 1, True)),
+        BASE4._replace(status=6, mark=9, zone=2, orig_packets=1),
+    ),
+    g(
+        "NLA_F_NET_BYTEORDER masked on nest types too",
+        raw_attr(c.CTA_TUPLE_ORIG | NBO | NESTED, orig4()[4:])
+        + raw_attr(c.CTA_TUPLE_REPLY | NBO, reply4()[4:]),
+        BASE4,
+    ),
+    g(
+        "nests without NLA_F_NESTED (older kernels)",
+        encode_tuple(c.CTA_TUPLE_ORIG, O4, V4, 6, nested_flag=False)
+        + encode_tuple(c.CTA_TUPLE_REPLY, R4, V4, 6, nested_flag=False)
+        + attr(c.CTA_COUNTERS_ORIG, be64(c.CTA_COUNTERS_BYTES, 3)),
+        BASE4._replace(orig_bytes=3),
+    ),
+    g("trailing 3 bytes shorter than a header: padding", TUPLES4 + b"\xff\xff\xff", BASE4),
+    g(
+        "last attribute unaligned, no padding after it",
+        TUPLES4 + raw_attr(c.CTA_LABELS, b"\x05", pad=False),
+        BASE4._replace(labels=5),
+    ),
+    g(
+        "everything at once",
+        encode_flow_message(
+            family=V4,
+            protonum=6,
+            orig=O4,
+            reply=R4,
+            id=1,
+            status=0xE,
+            state=3,
+            timeout=100,
+            mark=2,
+            zone=7,
+            use=1,
+            orig_packets=10,
+            orig_bytes=1000,
+            reply_packets=20,
+            reply_bytes=2000,
+            start=5,
+            stop=6,
+            labels=1,
+            helper="ftp",
+            secctx="s",
+        )[20:],
+        Flow(V4, 6, O4, R4, 1, 0xE, 3, 100, 2, 7, 1, 10, 1000, 20, 2000, 5, 6, 1, "ftp", "s"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", GOOD, ids=[case.id for case in GOOD])
+def test_decode_flow_good(case: Good) -> None:
+    assert decode_flow(case.attrs, 0, len(case.attrs), case.family) == case.expected
+
+
+@pytest.mark.parametrize("case", GOOD, ids=[case.id for case in GOOD])
+@pytest.mark.parametrize("msg_type", [CT_NEW, CT_GET, CT_DELETE], ids=["NEW", "GET", "DELETE"])
+def test_decode_message_good(case: Good, msg_type: int) -> None:
+    msg = flow_message(case.attrs, case.family, msg_type=msg_type, seq=7)
+    (nlmsg_len,) = struct.unpack_from("=I", msg)  # the end a dump passes (Message.end)
+    assert decode_message(msg, 0, nlmsg_len) == case.expected
+
+
+@pytest.mark.parametrize("case", GOOD[:8], ids=[case.id for case in GOOD[:8]])
+def test_decode_respects_bounds(case: Good) -> None:
+    """The message sits in the middle of a bigger buffer: nothing outside off:end is read."""
+    msg = flow_message(case.attrs, case.family)
+    junk = b"\xff" * 13
+    buf = junk + msg + junk
+    assert decode_message(buf, len(junk), len(junk) + len(msg)) == case.expected
+
+
+def test_decode_tuple_returns_protonum() -> None:
+    body = orig4()[4:]
+    assert decode_tuple(body, 0, len(body)) == (O4, c.IPPROTO_TCP)
+    body = orig4(None)[4:]
+    assert decode_tuple(body, 0, len(body)) == (O4, None)
+
+
+# --- bad inputs -----------------------------------------------------------------------------
+
+
+class Bad(NamedTuple):
+    id: str
+    msg: bytes  # a whole netlink message
+
+
+def bad_attrs(id_: str, attrs: bytes) -> Bad:
+    return Bad(id_, flow_message(attrs))
+
+
+def _v4_ip(src: bytes) -> bytes:
+    return attr(c.CTA_IP_V4_SRC, src)
+
+
+def _nested_flag(a: bytes) -> bytes:
+    """The same attribute with NLA_F_NESTED set in its type."""
+    length, t = struct.unpack_from("=HH", a)
+    return struct.pack("=HH", length, t | NESTED) + a[4:]
+
+
+# Bad attribute lists (wrapped in a valid CT_NEW message).
+BAD_ATTRS: list[Bad] = [
+    # framing: attribute lengths
+    bad_attrs("top-level attribute of length 0", TUPLES4 + raw_attr(c.CTA_MARK, b"", length=0)),
+    *(
+        bad_attrs(
+            f"top-level attribute of length {n}", TUPLES4 + struct.pack("=HH", n, 8) + b"\0" * 4
+        )
+        for n in (1, 2, 3)
+    ),
+    bad_attrs(
+        "top-level attribute one byte past the end",
+        TUPLES4 + raw_attr(c.CTA_MARK, b"\0" * 4, length=9),
+    ),
+    bad_attrs("top-level length 0xffff", TUPLES4 + raw_attr(c.CTA_MARK, b"\0" * 4, length=0xFFFF)),
+    bad_attrs(
+        "length 0 inside the tuple nest",
+        nest(c.CTA_TUPLE_ORIG, raw_attr(c.CTA_TUPLE_IP, b"", length=0)) + reply4(),
+    ),
+    bad_attrs(
+        "length 2 inside CTA_TUPLE_IP",
+        tuple_nest(c.CTA_TUPLE_ORIG, struct.pack("=HH", 2, 1) + b"\0" * 4, tcp_ports()) + reply4(),
+    ),
+    bad_attrs(
+        "child overruns its nest (the message has room after it)",
+        nest(c.CTA_COUNTERS_ORIG, raw_attr(c.CTA_COUNTERS_BYTES, b"\0" * 8, length=16)) + TUPLES4,
+    ),
+    bad_attrs(
+        "address overruns CTA_TUPLE_IP",
+        tuple_nest(c.CTA_TUPLE_ORIG, raw_attr(c.CTA_IP_V4_SRC, b"\1\2\3\4", length=12), tcp_ports())
+        + reply4(),
+    ),
+    bad_attrs(
+        "truncated nest: header claims more than the message holds",
+        TUPLES4 + orig4()[:20],
+    ),
+    bad_attrs("truncated tuple nest is the whole message", orig4()[:-8]),
+    # addresses
+    bad_attrs(
+        "IPv4 address of 3 bytes",
+        tuple_nest(c.CTA_TUPLE_ORIG, _v4_ip(b"\1\2\3"), tcp_ports()) + reply4(),
+    ),
+    bad_attrs(
+        "IPv4 address of 16 bytes",
+        tuple_nest(c.CTA_TUPLE_ORIG, _v4_ip(b"\1" * 16), tcp_ports()) + reply4(),
+    ),
+    bad_attrs(
+        "IPv6 address of 4 bytes",
+        tuple_nest(c.CTA_TUPLE_ORIG, attr(c.CTA_IP_V6_DST, b"\1" * 4), tcp_ports()) + reply4(),
+    ),
+    bad_attrs(
+        "IPv6 address of 0 bytes in the reply",
+        orig4() + tuple_nest(c.CTA_TUPLE_REPLY, attr(c.CTA_IP_V6_SRC, b""), tcp_ports()),
+    ),
+    bad_attrs(
+        "address with the nested flag",
+        tuple_nest(c.CTA_TUPLE_ORIG, _nested_flag(_v4_ip(b"\1\2\3\4")), tcp_ports()) + reply4(),
+    ),
+    # scalars with the nested flag
+    *(
+        bad_attrs(f"{name} with the nested flag", TUPLES4 + _nested_flag(a))
+        for name, a in [
+            ("CTA_STATUS", be32(c.CTA_STATUS, 1)),
+            ("CTA_TIMEOUT", be32(c.CTA_TIMEOUT, 1)),
+            ("CTA_MARK", be32(c.CTA_MARK, 1)),
+            ("CTA_ID", be32(c.CTA_ID, 1)),
+            ("CTA_USE", be32(c.CTA_USE, 1)),
+            ("CTA_ZONE", be16(c.CTA_ZONE, 1)),
+        ]
+    ),
+    bad_attrs(
+        "CTA_PROTO_NUM with the nested flag",
+        tuple_nest(c.CTA_TUPLE_ORIG, ip4(), _nested_flag(u8(c.CTA_PROTO_NUM, 6))) + reply4(),
+    ),
+    bad_attrs(
+        "CTA_PROTO_SRC_PORT with the nested flag",
+        tuple_nest(
+            c.CTA_TUPLE_ORIG,
+            ip4(),
+            u8(c.CTA_PROTO_NUM, 6) + _nested_flag(be16(c.CTA_PROTO_SRC_PORT, 1)),
+        )
+        + reply4(),
+    ),
+    bad_attrs(
+        "CTA_TUPLE_ZONE with the nested flag",
+        nest(c.CTA_TUPLE_ORIG, orig4()[4:], _nested_flag(be16(c.CTA_TUPLE_ZONE, 1))) + reply4(),
+    ),
+    bad_attrs(
+        "CTA_COUNTERS_BYTES with the nested flag",
+        TUPLES4 + nest(c.CTA_COUNTERS_ORIG, _nested_flag(be64(c.CTA_COUNTERS_BYTES, 1))),
+    ),
+    bad_attrs(
+        "CTA_TIMESTAMP_START with the nested flag",
+        TUPLES4 + nest(c.CTA_TIMESTAMP, _nested_flag(be64(c.CTA_TIMESTAMP_START, 1))),
+    ),
+    bad_attrs(
+        "TCP state with the nested flag",
+        TUPLES4 + nest(c.CTA_PROTOINFO, nest(c.CTA_PROTOINFO_TCP, _nested_flag(u8(1, 3)))),
+    ),
+    # scalars of the wrong size
+    bad_attrs("CTA_STATUS of 2 bytes", TUPLES4 + attr(c.CTA_STATUS, b"\0\1")),
+    bad_attrs("CTA_MARK of 8 bytes", TUPLES4 + attr(c.CTA_MARK, b"\0" * 8)),
+    bad_attrs("CTA_ZONE of 4 bytes", TUPLES4 + attr(c.CTA_ZONE, b"\0" * 4)),
+    bad_attrs(
+        "CTA_COUNTERS_PACKETS of 4 bytes",
+        TUPLES4 + nest(c.CTA_COUNTERS_ORIG, attr(c.CTA_COUNTERS_PACKETS, b"\0" * 4)),
+    ),
+    bad_attrs(
+        "CTA_COUNTERS32_BYTES of 8 bytes",
+        TUPLES4 + nest(c.CTA_COUNTERS_REPLY, attr(c.CTA_COUNTERS32_BYTES, b"\0" * 8)),
+    ),
+    bad_attrs(
+        "CTA_PROTO_NUM of 2 bytes",
+        tuple_nest(c.CTA_TUPLE_ORIG, ip4(), attr(c.CTA_PROTO_NUM, b"\0\6")) + reply4(),
+    ),
+    bad_attrs(
+        "port of 1 byte",
+        tuple_nest(c.CTA_TUPLE_ORIG, ip4(), u8(c.CTA_PROTO_NUM, 6) + attr(2, b"\1")) + reply4(),
+    ),
+    # missing pieces
+    bad_attrs("no attributes at all", b""),
+    bad_attrs("no tuples", be32(c.CTA_STATUS, 8) + be32(c.CTA_MARK, 1)),
+    bad_attrs("no reply tuple", orig4() + be32(c.CTA_STATUS, 8)),
+    bad_attrs("no orig tuple", reply4() + be32(c.CTA_STATUS, 8)),
+    bad_attrs("orig tuple without CTA_PROTO_NUM", orig4(None) + reply4()),
+    bad_attrs(
+        "orig tuple without CTA_TUPLE_PROTO",
+        nest(c.CTA_TUPLE_ORIG, nest(c.CTA_TUPLE_IP, ip4())) + reply4(),
+    ),
+    bad_attrs(
+        "missing protocol number even with CTA_PROTO_NUM in the reply",
+        orig4(None) + reply4(c.IPPROTO_TCP),
+    ),
+]
+
+# Bad messages: the header itself is wrong.
+BAD_MESSAGES: list[Bad] = [
+    Bad("empty message", b""),
+    Bad("4 bytes", b"\x14\0\0\0"),
+    Bad("nlmsghdr only (16 bytes)", message(CT_NEW, 0, 0, b"")),
+    Bad("19 bytes: nfgenmsg cut", message(CT_NEW, 0, 0, b"\2\0\0")[:19]),
+    *(
+        Bad(f"message type {t:#x}", flow_message(TUPLES4, msg_type=t))
+        for t in (
+            1,  # NLMSG_NOOP
+            2,  # NLMSG_ERROR
+            3,  # NLMSG_DONE
+            (c.NFNL_SUBSYS_CTNETLINK << 8) | c.IPCTNL_MSG_CT_GET_STATS,
+            (c.NFNL_SUBSYS_CTNETLINK << 8) | c.IPCTNL_MSG_CT_GET_STATS_CPU,
+            (c.NFNL_SUBSYS_CTNETLINK << 8) | c.IPCTNL_MSG_CT_GET_CTRZERO,
+            (2 << 8) | 0,  # NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_NEW
+            0x0010,  # another family's first type
+        )
+    ),
+]
+
+BAD = BAD_ATTRS + BAD_MESSAGES
+
+
+@pytest.mark.parametrize("case", BAD, ids=[case.id for case in BAD])
+def test_decode_message_bad(case: Bad) -> None:
+    with pytest.raises(DecodeError):
+        decode_message(case.msg, 0, len(case.msg))
+
+
+@pytest.mark.parametrize("case", BAD_ATTRS, ids=[case.id for case in BAD_ATTRS])
+def test_decode_flow_bad(case: Bad) -> None:
+    """The same bodies straight into decode_flow (what ConntrackClient.dump calls)."""
+    with pytest.raises(DecodeError):
+        decode_flow(case.msg, 20, len(case.msg), V4)
+
+
+def test_decode_error_is_a_netlink_error() -> None:
+    assert issubclass(DecodeError, NetlinkError)
+
+
+def test_bad_corpus_base_is_good() -> None:
+    """Sanity of the corpus itself: what the bad cases are built on decodes fine."""
+    msg = flow_message(TUPLES4)
+    assert decode_message(msg, 0, len(msg)) == BASE4
+    body = tuple_nest(c.CTA_TUPLE_ORIG, ip4(), tcp_ports()) + reply4()
+    assert decode_flow(body, 0, len(body), V4) == BASE4
+
+
+# --- round trip -----------------------------------------------------------------------------
+
+
+@settings(max_examples=600, deadline=None, database=None)
+@given(flows())
+def test_round_trip(x: tuple[dict, bytes]) -> None:
+    fields, msg = x
+    assert decode_message(msg, 0, len(msg)) == flow_of(fields)
+    # deterministic encoder, and the decoder reads only buf[off:end]
+    assert encode_flow_message(**fields) == msg
+    buf = b"\x01" * 7 + msg + b"\xfe" * 9
+    assert decode_message(buf, 7, 7 + len(msg)) == flow_of(fields)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(flows(), st.integers(1, 3))
+def test_round_trip_trailing_padding(x: tuple[dict, bytes], n: int) -> None:
+    """1-3 stray bytes after the last attribute are padding, not an error."""
+    fields, msg = x
+    msg += b"\xaa" * n
+    assert decode_message(msg, 0, len(msg)) == flow_of(fields)
+
+
+def test_ctgen_knobs_change_bytes_not_meaning() -> None:
+    base = {
+        "family": V4,
+        "protonum": 6,
+        "orig": O4,
+        "reply": R4,
+        "orig_packets": 1,
+        "orig_bytes": 2,
+        "start": 3,
+        "state": 3,
+    }
+    variants = [
+        {},
+        {"counters32": True},
+        {"counters_pad": True, "timestamp_pad": True},
+        {"net_byteorder": True},
+        {"nested_flag": False},
+        {"zone_explicit": True},
+        {"unknown": True},
+        {"shuffle": 1},
+    ]
+    seen = set()
+    for knobs in variants:
+        msg = encode_flow_message(**base, **knobs)
+        seen.add(msg)
+        assert decode_message(msg, 0, len(msg)) == flow_of(base)
+    assert len(seen) == len(variants)
+    with pytest.raises(ValueError):
+        encode_flow_message(**base | {"orig_bytes": 2**32}, counters32=True)
+    with pytest.raises(TypeError):
+        encode_flow_message(**base, colour="blue")
+    assert ctgen.message_attr_offsets(encode_flow_message(**base))[0] == 20
