@@ -233,6 +233,8 @@ class Sampler:
         self._rings: dict[FlowKey, array[float]] = {}
         self._ring_template = _new_ring(self.history_length, 0)
         self._totals: deque[Totals] = deque(maxlen=self.history_length)
+        # Steps without a usable interval: every flow's history shows None there.
+        self._untimed: deque[int] = deque(maxlen=self.history_length)
 
     # -- the step -------------------------------------------------------------------------------
 
@@ -251,6 +253,7 @@ class Sampler:
         timed = interval is not None and interval > 0
         if not timed:
             interval = None
+            self._untimed.append(step)
         dt = interval or 0.0
         zero_rate: Rate | None = ZERO_RATE if timed else None
 
@@ -264,14 +267,16 @@ class Sampler:
 
         rates: list[Rate | None] = []
         append = rates.append
-        prev_get = prev.get
+        # Each flow found is popped from a copy of the previous table, so what is left at the end
+        # is what vanished: no second pass over 250k keys (a set difference re-hashes them all).
+        gone = prev.copy()
+        take = gone.pop
         new = returned = restarted = no_counters = 0
         sum_ob = sum_rb = sum_op = sum_rp = 0.0
+        rate: Rate | None
 
         for key, f in flows.items():
-            p = prev_get(key)
-            fdt = dt
-            gone_since = 0  # for a flow back from the vanished: the first step it was missing
+            p = take(key, None)
             if p is None:
                 back = vanished_store.pop(key, None) if vanished_store else None
                 if back is None:
@@ -281,11 +286,18 @@ class Sampler:
                         no_counters += 1
                     append(None)
                     continue
-                # Missed by a dump or two and back: continue from its last counters, over the
-                # time since they were read.
                 returned += 1
-                p, seen_at, gone_since = back
-                fdt = now - seen_at
+                rate, was_reset = self._resume(key, f, back, now, step)
+                restarted += was_reset
+                if rate is not None:
+                    sum_ob += rate[0]
+                    sum_rb += rate[1]
+                    sum_op += rate[2]
+                    sum_rp += rate[3]
+                elif not _metered(f):
+                    no_counters += 1
+                append(rate)
+                continue
 
             ob = f.orig_bytes
             rb = f.reply_bytes
@@ -299,7 +311,7 @@ class Sampler:
             prb = p.reply_bytes
             pop = p.orig_packets
             prp = p.reply_packets
-            if ob == pob and rb == prb and op == pop and rp == prp and not gone_since:
+            if ob == pob and rb == prb and op == pop and rp == prp:
                 # The common case in a big table: nothing moved since the last poll.
                 append(zero_rate)
                 continue
@@ -313,49 +325,43 @@ class Sampler:
             drb = rb - prb
             dop = op - pop
             drp = rp - prp
-            rate: Rate | None
             if dob < 0 or drb < 0 or dop < 0 or drp < 0:
                 # Zeroed by another tool (conntrack -L -z) or an entry reused under the same
                 # key: the rate starts over from these counters, never negative or wrapped.
                 restarted += 1
-                rate = None
+                append(None)
                 value = _NAN
-            elif not timed or fdt <= 0:
-                rate = None
+            elif not timed:
+                append(None)
                 value = _NAN
             else:
                 # tuple.__new__ skips NamedTuple's Python-level __new__: this runs per moved flow.
-                rate = _new_tuple(Rate, (dob / fdt, drb / fdt, dop / fdt, drp / fdt))
+                rate = _new_tuple(Rate, (dob / dt, drb / dt, dop / dt, drp / dt))
+                append(rate)
                 sum_ob += rate[0]
                 sum_rb += rate[1]
                 sum_op += rate[2]
                 sum_rp += rate[3]
                 value = rate[0] + rate[1]
-            append(rate)
-            if value != 0.0 or gone_since:  # NaN != 0.0 too: a None is worth recording
-                # Record the value in the flow's ring (inline: this runs per moved flow).
-                ring = rings_get(key)
-                if ring is None:
-                    ring = rings[key] = template[:]
-                    ring_first = gone_since or step
-                    ring[_FIRST] = ring_first
-                    ring[_LAST] = ring_first - 1
-                if gone_since:
-                    _ring_absent(ring, gone_since, step - 1)
-                if ring[_LAST] < step - 1:
-                    _ring_fill(ring, step - 1, 0.0)
-                ring[2 + step % n_hist] = value
-                ring[_LAST] = step
+            # Record the value in the flow's history ring (inline: this runs per moved flow).
+            ring = rings_get(key)
+            if ring is None:
+                ring = rings[key] = template[:]
+                ring[_FIRST] = step
+                ring[_LAST] = step - 1
+            elif ring[_LAST] < step - 1:
+                _ring_fill(ring, step - 1, 0.0)
+            ring[2 + step % n_hist] = value
+            ring[_LAST] = step
 
-        # Vanished: keys of the previous snapshot missing from this one. Counted from the sizes;
-        # the set difference is only built when something did vanish.
-        vanished = len(prev) - (len(flows) - new - returned)
-        if vanished > 0:
-            for key in prev.keys() - flows.keys():
-                if self.keep_vanished:
-                    vanished_store[key] = (prev[key], now if prev_time is None else prev_time, step)
-                else:
-                    self._forget(key)
+        vanished = len(gone)
+        if self.keep_vanished:
+            seen_at = now if prev_time is None else prev_time
+            for key, f in gone.items():
+                vanished_store[key] = (f, seen_at, step)
+        else:
+            for key in gone:
+                self._forget(key)
 
         if step % n_hist == 0:
             self._sweep_rings(step)
@@ -390,6 +396,30 @@ class Sampler:
         self._prev_flows = flows
         self._prev_time = now
         return Sample(snapshot, FlowRows(list(flows.values()), rates), interval, totals, step)
+
+    def _resume(
+        self, key: FlowKey, f: Flow, back: tuple[Flow, float, int], now: float, step: int
+    ) -> tuple[Rate | None, bool]:
+        """A flow missed by a dump or two and back: its rate continues from its last counters,
+        over the time since they were read; its history shows the polls it missed as None.
+        Returns the rate and whether its counters went down (a restart)."""
+        p, seen_at, gone_since = back
+        dt = now - seen_at
+        ring = self._rings.get(key)
+        if ring is None:
+            ring = self._rings[key] = _new_ring(self.history_length, gone_since)
+        _ring_absent(ring, gone_since, step - 1)
+        rate: Rate | None = None
+        restarted = False
+        now_counters, then_counters = _counters(f), _counters(p)
+        if now_counters is not None and then_counters is not None and dt > 0:
+            deltas = [a - b for a, b in zip(now_counters, then_counters, strict=True)]
+            if min(deltas) < 0:
+                restarted = True
+            else:
+                rate = Rate(deltas[0] / dt, deltas[1] / dt, deltas[2] / dt, deltas[3] / dt)
+        _ring_fill(ring, step, _NAN if rate is None else rate.total_bytes_per_s)
+        return rate, restarted
 
     def _forget_vanished(self, step: int) -> None:
         # Entries are stored in the order they vanished: the expired ones are at the front.
@@ -442,6 +472,9 @@ class Sampler:
             for s in range(max(start, ring_first, ring_last - n + 1), min(ring_last, last) + 1):
                 v = ring[2 + s % n]
                 out[s - start] = None if v != v else v  # NaN: nothing to show
+        for s in self._untimed:
+            if start <= s <= last:
+                out[s - start] = None
         if since >= start:
             out[since - start] = None  # first sight (or first metered sight): no rate yet
         return out
@@ -459,6 +492,13 @@ class Sampler:
     def tracked(self) -> int:
         """Flows with state held: the last snapshot's plus the recently vanished."""
         return len(self._prev_flows) + len(self._vanished)
+
+
+def _counters(f: Flow) -> tuple[int, int, int, int] | None:
+    ob, rb, op, rp = f.orig_bytes, f.reply_bytes, f.orig_packets, f.reply_packets
+    if ob is None or rb is None or op is None or rp is None:
+        return None
+    return ob, rb, op, rp
 
 
 def _metered(f: Flow) -> bool:

@@ -1,0 +1,970 @@
+"""What the operator sees of a sample: the filter language, the sort keys and group-by.
+
+Pure (no widgets, no clock): `apply(rows, filter=..., sort=..., group=...)` → ordered rows + totals.
+The TUI's filter bar and `--filter` both go through `parse_filter`, so they speak one language.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import socket
+from collections.abc import Callable, Iterable
+from itertools import compress
+from operator import attrgetter, itemgetter
+from typing import Any, NamedTuple
+
+from cttop.conntrack.const import (
+    AF_INET,
+    AF_INET6,
+    IPPROTO_DCCP,
+    IPPROTO_ICMPV6,
+    IPPROTO_SCTP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    IPPROTO_UDPLITE,
+    PROTO_NAMES,
+    STATE_TABLES,
+    proto_name,
+    state_name,
+)
+from cttop.conntrack.model import Flow
+from cttop.sampler import ZERO_RATE, FlowRow, FlowRows, Rate
+
+__all__ = [
+    "GROUP_KEYS",
+    "SORT_KEYS",
+    "FilterError",
+    "GroupError",
+    "GroupRow",
+    "Predicate",
+    "SortError",
+    "SortKey",
+    "ViewError",
+    "ViewResult",
+    "ViewTotals",
+    "apply",
+    "group_rows",
+    "parse_filter",
+    "service_name",
+    "sort_flows",
+    "totals_of",
+]
+
+
+class ViewError(ValueError):
+    """A filter, sort key or group-by the view cannot use; the message is for the operator."""
+
+
+class FilterError(ViewError):
+    """A filter expression with a bad term: the message names the term and says why."""
+
+    def __init__(self, term: str, why: str) -> None:
+        super().__init__(f"filter term {term!r}: {why}")
+        self.term = term
+        self.why = why
+
+
+class SortError(ViewError):
+    """An unknown sort key."""
+
+
+class GroupError(ViewError):
+    """An unknown group-by mode."""
+
+
+Predicate = Callable[[Flow], bool]
+
+# Protocols whose tuples carry ports (the same fields hold a GRE key, which is not a port).
+_PORT_PROTOS = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_DCCP, IPPROTO_UDPLITE})
+
+# ---------------------------------------------------------------------------------------------
+# Addresses: text → (version, integer), shared by the address filters and the address sorts.
+# The decoder interns address text, so a table has few distinct strings and the cache hits.
+# ---------------------------------------------------------------------------------------------
+
+_inet_pton = socket.inet_pton
+_from_bytes = int.from_bytes
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _address(text: str) -> tuple[int, int] | None:
+    """(4 or 6, address as an integer), or None when `text` is not an IP address."""
+    try:
+        if ":" in text:
+            return 6, _from_bytes(_inet_pton(socket.AF_INET6, text), "big")
+        return 4, _from_bytes(_inet_pton(socket.AF_INET, text), "big")
+    except (OSError, ValueError):
+        return None
+
+
+# Sort key of an address as one integer (fast to compare): IPv4 numerically, then IPv6
+# numerically, then text that is not an address (all equal, so the sort stays total and stable).
+_V6_BASE = 1 << 32
+_NOT_AN_ADDRESS = 1 << 129
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _address_key(text: str | None) -> int | None:
+    if text is None:
+        return None
+    parsed = _address(text)
+    if parsed is None:
+        return _NOT_AN_ADDRESS
+    version, number = parsed
+    return number if version == 4 else _V6_BASE + number
+
+
+# ---------------------------------------------------------------------------------------------
+# The filter language
+# ---------------------------------------------------------------------------------------------
+
+_FIELDS_HELP = "proto:, state:, src:, dst:, host:, port:, sport:, dport:, mark:, zone:, family:"
+_WORDS_HELP = "tcp, udp, icmp, …, ipv4, ipv6, nat, snat, dnat, assured, unreplied, offload"
+_TEXT_CHARS = frozenset("0123456789abcdef.:")
+
+# Protocol names a bare word may be: the ones conntrack tracks by name, plus spellings of ICMPv6.
+_PROTO_WORDS: dict[str, int] = {name: num for num, name in PROTO_NAMES.items()}
+_PROTO_WORDS.update({"icmp6": IPPROTO_ICMPV6, "ipv6-icmp": IPPROTO_ICMPV6})
+
+# State name → the (protocol, state number) pairs that carry it: ESTABLISHED is TCP's and SCTP's.
+_STATES: dict[str, frozenset[tuple[int, int]]] = {}
+for _pn, _table in STATE_TABLES.items():
+    for _num, _name in enumerate(_table):
+        _STATES[_name] = _STATES.get(_name, frozenset()) | {(_pn, _num)}
+
+_FAMILIES = {
+    "ipv4": AF_INET,
+    "inet": AF_INET,
+    "4": AF_INET,
+    "ipv6": AF_INET6,
+    "inet6": AF_INET6,
+    "6": AF_INET6,
+}
+
+
+def _is_number(text: str) -> bool:
+    # str.isdigit is true for "²" and other digits int() refuses.
+    return text.isascii() and text.isdigit()
+
+
+def _match_all(flow: Flow) -> bool:
+    return True
+
+
+def parse_filter(expr: str) -> Predicate:
+    """Compile a filter expression into a predicate on `Flow`.
+
+    Space-separated terms, all must match; `not TERM`, `! TERM` or `!TERM` negates one.
+    Raises `FilterError` naming the first bad term and why.
+    """
+    tokens = expr.split()
+    preds: list[Predicate] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        negate = False
+        while token.lower() in ("not", "!"):
+            negate = not negate
+            i += 1
+            if i == len(tokens):
+                raise FilterError(token, "nothing after it to negate")
+            token = tokens[i]
+        while token.startswith("!"):
+            negate = not negate
+            token = token[1:]
+        if not token:
+            raise FilterError(tokens[i], "nothing after it to negate")
+        pred = _term(token)
+        preds.append(_negated(pred) if negate else pred)
+        i += 1
+    return _all_of(preds)
+
+
+def _negated(pred: Predicate) -> Predicate:
+    return lambda flow: not pred(flow)
+
+
+def _all_of(preds: list[Predicate]) -> Predicate:
+    if not preds:
+        return _match_all
+    if len(preds) == 1:
+        return preds[0]
+    # A chain of `and`s: no generator per flow, and the first failing term ends it.
+    head, rest = preds[0], _all_of(preds[1:])
+    return lambda flow: head(flow) and rest(flow)
+
+
+def _term(token: str) -> Predicate:
+    word = token.lower()
+    field, colon, value = token.partition(":")
+    if colon:
+        parse = _FIELD_PARSERS.get(field.lower())
+        if parse is not None:
+            if not value:
+                raise FilterError(token, f"{field}: needs a value")
+            return parse(token, value)
+        if set(word) <= _TEXT_CHARS | {"/"}:  # an IPv6 address or prefix, not a field
+            return _bare(token)
+        raise FilterError(token, f"unknown field {field!r}; fields are {_FIELDS_HELP}")
+    keyword = _KEYWORDS.get(word)
+    if keyword is not None:
+        return keyword
+    protonum = _PROTO_WORDS.get(word)
+    if protonum is not None:
+        return _proto_is(protonum)
+    if word in _FAMILIES and not word.isdigit():
+        return _family_is(_FAMILIES[word])
+    return _bare(token)
+
+
+def _bare(token: str) -> Predicate:
+    """A bare word: text found in an address or a port of either direction."""
+    word = token.lower()
+    if "/" in word:  # a network as a bare word cannot match as text: take it as host:
+        return _host_term(token, token)
+    if not set(word) <= _TEXT_CHARS:
+        raise FilterError(
+            token,
+            f"not a protocol or keyword ({_WORDS_HELP}), not field:value ({_FIELDS_HELP}), "
+            "and as text it cannot match an address or a port",
+        )
+
+    def in_address(flow: Flow) -> bool:
+        o, r = flow.orig, flow.reply
+        return any(a is not None and word in a for a in (o.src, o.dst, r.src, r.dst))
+
+    if not word.isdigit():
+        return in_address
+
+    def in_address_or_port(flow: Flow) -> bool:
+        o, r = flow.orig, flow.reply
+        return in_address(flow) or any(
+            p is not None and word in str(p) for p in (o.sport, o.dport, r.sport, r.dport)
+        )
+
+    return in_address_or_port
+
+
+def _proto_is(protonum: int) -> Predicate:
+    return lambda flow: flow.protonum == protonum
+
+
+def _family_is(family: int) -> Predicate:
+    return lambda flow: flow.family == family
+
+
+def _proto_term(token: str, value: str) -> Predicate:
+    word = value.lower()
+    if _is_number(word):
+        num = int(word)
+        if num > 255:
+            raise FilterError(token, f"protocol number {num} is out of range 0-255")
+        return _proto_is(num)
+    protonum = _PROTO_WORDS.get(word)
+    if protonum is None:
+        try:  # /etc/protocols knows the rest (esp, ah, ipip, …)
+            protonum = socket.getprotobyname(word)
+        except (OSError, ValueError):
+            raise FilterError(
+                token, f"unknown protocol {value!r} (not a number and not in /etc/protocols)"
+            ) from None
+    return _proto_is(protonum)
+
+
+def _state_term(token: str, value: str) -> Predicate:
+    name = value.upper().replace("-", "_")
+    # An exact name wins over the longer names it is a prefix of: state:close is not CLOSE_WAIT.
+    names = [name] if name in _STATES else [s for s in _STATES if s.startswith(name)]
+    if not names:
+        known = ", ".join(sorted(n.lower() for n in _STATES))
+        raise FilterError(token, f"no TCP, SCTP or DCCP state is called {value!r}; states: {known}")
+    pairs = frozenset(pair for n in names for pair in _STATES[n])
+    return lambda flow: (flow.protonum, flow.state) in pairs
+
+
+def _network(token: str, value: str) -> tuple[int, int, int]:
+    """An address or CIDR network as (version, network integer, mask integer)."""
+    text = value.replace("[", "").replace("]", "")  # [2001:db8::1] as in URLs
+    addr, slash, bits_text = text.partition("/")
+    parsed = _address(addr)
+    if parsed is None:
+        raise FilterError(token, f"{addr!r} is not an IPv4 or IPv6 address")
+    version, number = parsed
+    width = 32 if version == 4 else 128
+    if not slash:
+        bits = width
+    elif _is_number(bits_text) and int(bits_text) <= width:
+        bits = int(bits_text)
+    else:
+        raise FilterError(token, f"prefix length {bits_text!r} is not a number 0-{width}")
+    mask = ((1 << bits) - 1) << (width - bits)
+    return version, number & mask, mask
+
+
+def _address_matcher(token: str, value: str) -> Callable[[str | None], bool]:
+    version, network, mask = _network(token, value)
+
+    def match(text: str | None) -> bool:
+        if text is None:
+            return False
+        parsed = _address(text)
+        return parsed is not None and parsed[0] == version and parsed[1] & mask == network
+
+    return match
+
+
+def _src_term(token: str, value: str) -> Predicate:
+    match = _address_matcher(token, value)
+    return lambda flow: match(flow.orig.src)
+
+
+def _dst_term(token: str, value: str) -> Predicate:
+    match = _address_matcher(token, value)
+    return lambda flow: match(flow.orig.dst)
+
+
+def _host_term(token: str, value: str) -> Predicate:
+    """Either end in either direction: a DNAT'd server and an SNAT address match too."""
+    match = _address_matcher(token, value)
+
+    def any_address(flow: Flow) -> bool:
+        o, r = flow.orig, flow.reply
+        return match(o.src) or match(o.dst) or match(r.src) or match(r.dst)
+
+    return any_address
+
+
+def _ports(token: str, value: str) -> Callable[[int | None], bool]:
+    """A port test: a number, a range `lo-hi`, or a service name from /etc/services."""
+    lo_text, dash, hi_text = value.partition("-")
+    if _is_number(value) or (dash and _is_number(lo_text) and _is_number(hi_text)):
+        lo = int(lo_text)
+        hi = int(hi_text) if dash else lo
+        for port in (lo, hi):
+            if port > 65535:
+                raise FilterError(token, f"port {port} is out of range 0-65535")
+        if lo > hi:
+            raise FilterError(token, f"range {value!r} is empty: {lo} is above {hi}")
+        return lambda port: port is not None and lo <= port <= hi
+    found: set[int] = set()
+    for transport in ("tcp", "udp", "sctp"):
+        with contextlib.suppress(OSError, ValueError):  # ValueError: a NUL, or not encodable
+            found.add(socket.getservbyname(value.lower(), transport))
+    if not found:
+        raise FilterError(
+            token, f"{value!r} is not a port, a range like 1000-2000, or a service in /etc/services"
+        )
+    ports = frozenset(found)
+    return lambda port: port in ports
+
+
+def _sport_term(token: str, value: str) -> Predicate:
+    test = _ports(token, value)
+    return lambda flow: flow.protonum in _PORT_PROTOS and test(flow.orig.sport)
+
+
+def _dport_term(token: str, value: str) -> Predicate:
+    test = _ports(token, value)
+    return lambda flow: flow.protonum in _PORT_PROTOS and test(flow.orig.dport)
+
+
+def _port_term(token: str, value: str) -> Predicate:
+    """Any port of either direction, so a DNAT'd service port matches too."""
+    test = _ports(token, value)
+
+    def any_port(flow: Flow) -> bool:
+        if flow.protonum not in _PORT_PROTOS:
+            return False
+        o, r = flow.orig, flow.reply
+        return test(o.sport) or test(o.dport) or test(r.sport) or test(r.dport)
+
+    return any_port
+
+
+def _number(token: str, text: str, what: str, maximum: int) -> int:
+    try:
+        num = int(text, 0)  # 16, 0x10
+    except ValueError:
+        try:
+            num = int(text, 10)  # 010: int(text, 0) refuses a leading zero
+        except ValueError:
+            raise FilterError(
+                token, f"{what} {text!r} is not a number (decimal or 0x hex)"
+            ) from None
+    if not 0 <= num <= maximum:
+        raise FilterError(token, f"{what} {num} is out of range 0-{maximum}")
+    return num
+
+
+def _mark_term(token: str, value: str) -> Predicate:
+    """`mark:N` or `mark:VALUE/MASK`, as conntrack --mark takes it."""
+    value_text, slash, mask_text = value.partition("/")
+    mark = _number(token, value_text, "mark", 0xFFFFFFFF)
+    mask = _number(token, mask_text, "mask", 0xFFFFFFFF) if slash else 0xFFFFFFFF
+    if mark & ~mask:
+        raise FilterError(token, f"mark {mark:#x} has bits outside the mask {mask:#x}")
+    return lambda flow: flow.mark is not None and flow.mark & mask == mark
+
+
+def _zone_term(token: str, value: str) -> Predicate:
+    zone = _number(token, value, "zone", 0xFFFF)
+    return lambda flow: flow.zone == zone
+
+
+def _family_term(token: str, value: str) -> Predicate:
+    family = _FAMILIES.get(value.lower())
+    if family is None:
+        raise FilterError(token, f"family is ipv4 or ipv6, not {value!r}")
+    return _family_is(family)
+
+
+_FIELD_PARSERS: dict[str, Callable[[str, str], Predicate]] = {
+    "proto": _proto_term,
+    "state": _state_term,
+    "src": _src_term,
+    "dst": _dst_term,
+    "host": _host_term,
+    "port": _port_term,
+    "sport": _sport_term,
+    "dport": _dport_term,
+    "mark": _mark_term,
+    "zone": _zone_term,
+    "family": _family_term,
+}
+
+_KEYWORDS: dict[str, Predicate] = {
+    "nat": lambda flow: flow.snat or flow.dnat,
+    "snat": lambda flow: flow.snat,
+    "dnat": lambda flow: flow.dnat,
+    "assured": lambda flow: flow.assured,
+    "unreplied": lambda flow: flow.unreplied,
+    "offload": lambda flow: flow.offloaded,
+    "offloaded": lambda flow: flow.offloaded,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sort keys and group-by modes
+# ---------------------------------------------------------------------------------------------
+
+
+class SortKey(NamedTuple):
+    name: str
+    descending: bool  # its natural direction; `reverse` flips it
+    help: str
+
+
+SORT_KEYS: dict[str, SortKey] = {
+    k.name: k
+    for k in (
+        SortKey("rate", True, "total bytes/s, both directions (default)"),
+        SortKey("orig_rate", True, "bytes/s in the original direction"),
+        SortKey("reply_rate", True, "bytes/s in the reply direction"),
+        SortKey("bytes", True, "bytes so far, both directions"),
+        SortKey("packets", True, "packets so far, both directions"),
+        SortKey("flows", True, "flows in the group (1 for a flow)"),
+        SortKey("age", True, "time since the flow started, oldest first (needs timestamps)"),
+        SortKey("timeout", False, "seconds left before the entry expires, soonest first"),
+        SortKey("proto", False, "protocol name"),
+        SortKey("state", False, "TCP/SCTP/DCCP state name"),
+        SortKey("src", False, "original source address, numerically, IPv4 before IPv6"),
+        SortKey("dst", False, "original destination address, numerically, IPv4 before IPv6"),
+        SortKey("sport", False, "original source port"),
+        SortKey("dport", False, "original destination port"),
+        SortKey("mark", False, "connection mark"),
+        SortKey("zone", False, "conntrack zone"),
+        SortKey("id", False, "conntrack id"),
+    )
+}
+
+GROUP_KEYS: dict[str, str] = {
+    "none": "one row per flow",
+    "src": "original source address",
+    "dst": "original destination address",
+    "dport": "protocol and destination port (service)",
+    "pair": "source → destination address pair",
+    "proto": "protocol",
+    "state": "protocol state",
+    "mark": "connection mark",
+    "zone": "conntrack zone",
+}
+_GROUP_ALIASES = {"service": "dport", "flows": "none", "": "none"}
+
+
+def _sort_key(sort: str) -> SortKey:
+    spec = SORT_KEYS.get(sort.lower())
+    if spec is None:
+        raise SortError(f"unknown sort key {sort!r}; sort keys: {', '.join(SORT_KEYS)}")
+    return spec
+
+
+def _group_mode(group: str) -> str:
+    mode = _GROUP_ALIASES.get(group.lower(), group.lower())
+    if mode not in GROUP_KEYS:
+        raise GroupError(f"unknown group-by {group!r}; choose one of: {', '.join(GROUP_KEYS)}")
+    return mode
+
+
+def _order(values: list[Any], descending: bool) -> list[int]:
+    """Indices of `values` in order; stable, and None (absent) last in either direction."""
+    present = [i for i, v in enumerate(values) if v is not None]
+    # list.sort with reverse=True keeps equal items in their original order: still stable.
+    present.sort(key=values.__getitem__, reverse=descending)
+    if len(present) < len(values):
+        present += [i for i, v in enumerate(values) if v is None]
+    return present
+
+
+def _sum2(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+# ---------------------------------------------------------------------------------------------
+# Flow rows: sort values a whole column at a time (None: absent, last in both directions), with
+# C-level helpers where they exist, since one Python call per flow is most of the cost.
+# ---------------------------------------------------------------------------------------------
+
+_Column = Callable[[list[Flow], list["Rate | None"]], list[Any]]
+_orig_bytes = attrgetter("orig_bytes")
+_reply_bytes = attrgetter("reply_bytes")
+_orig_packets = attrgetter("orig_packets")
+_reply_packets = attrgetter("reply_packets")
+_protonum = attrgetter("protonum")
+_proto_and_state = attrgetter("protonum", "state")
+
+
+def _c_rate(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
+    return [None if r is None else r[0] + r[1] for r in rates]
+
+
+def _c_orig_rate(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
+    return [None if r is None else r[0] for r in rates]
+
+
+def _c_reply_rate(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
+    return [None if r is None else r[1] for r in rates]
+
+
+def _c_bytes(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
+    return list(map(_sum2, map(_orig_bytes, flows), map(_reply_bytes, flows)))
+
+
+def _c_packets(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
+    return list(map(_sum2, map(_orig_packets, flows), map(_reply_packets, flows)))
+
+
+def _c_age(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
+    # An earlier start is a greater age: sort on -start so that "descending" means oldest first.
+    return [None if s is None else -s for s in map(attrgetter("start"), flows)]
+
+
+def _c_proto(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
+    nums = list(map(_protonum, flows))
+    names = {p: proto_name(p) for p in set(nums)}
+    return list(map(names.__getitem__, nums))
+
+
+def _c_state(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
+    pairs = list(map(_proto_and_state, flows))
+    names = {p: state_name(*p) for p in set(pairs)}
+    return list(map(names.__getitem__, pairs))
+
+
+def _c_attr(path: str) -> _Column:
+    get = attrgetter(path)
+    return lambda flows, rates: list(map(get, flows))
+
+
+def _c_address(path: str) -> _Column:
+    get = attrgetter(path)
+    return lambda flows, rates: list(map(_address_key, map(get, flows)))
+
+
+_FLOW_COLUMNS: dict[str, _Column] = {
+    "rate": _c_rate,
+    "orig_rate": _c_orig_rate,
+    "reply_rate": _c_reply_rate,
+    "bytes": _c_bytes,
+    "packets": _c_packets,
+    "flows": lambda flows, rates: [1] * len(flows),
+    "age": _c_age,
+    "timeout": _c_attr("timeout"),
+    "proto": _c_proto,
+    "state": _c_state,
+    "src": _c_address("orig.src"),
+    "dst": _c_address("orig.dst"),
+    "sport": _c_attr("orig.sport"),
+    "dport": _c_attr("orig.dport"),
+    "mark": _c_attr("mark"),
+    "zone": _c_attr("zone"),
+    "id": _c_attr("id"),
+}
+
+
+def sort_flows(
+    rows: Iterable[FlowRow], sort: str = "rate", reverse: bool = False, limit: int | None = None
+) -> FlowRows:
+    """Order flow rows by a SORT_KEYS name in its natural direction (`reverse` flips it).
+
+    Stable (equal keys keep their order) and total; rows without the value go last either way.
+    """
+    spec = _sort_key(sort)
+    table = FlowRows.of(rows)
+    flows, rates = table.flows, table.rates
+    order = _order(_FLOW_COLUMNS[spec.name](flows, rates), spec.descending != reverse)
+    if limit is not None:
+        del order[limit:]
+    return FlowRows([flows[i] for i in order], [rates[i] for i in order])
+
+
+# ---------------------------------------------------------------------------------------------
+# Group rows
+# ---------------------------------------------------------------------------------------------
+
+
+class GroupRow(NamedTuple):
+    """Flows sharing one value of the group-by key, with their rates and counters summed.
+
+    The attributes the key determines (`src` for group-by src, …) are set; the others are None.
+    """
+
+    group: str  # the GROUP_KEYS mode that made it
+    key: Any  # the raw key value: an address, (src, dst), (protonum, dport), a state name, …
+    flows: int
+    rate: Rate | None  # sum over the flows that have a rate; None when none has
+    orig_bytes: int | None  # sums over the flows that have the counter; None when none has
+    reply_bytes: int | None
+    orig_packets: int | None
+    reply_packets: int | None
+    src: str | None = None
+    dst: str | None = None
+    protonum: int | None = None
+    dport: int | None = None
+    state: str | None = None
+    mark: int | None = None
+    zone: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The key as the operator reads it: `10.0.0.1 → 10.0.0.2`, `tcp/443 (https)`."""
+        g = self.group
+        if g == "pair":
+            return f"{self.src or '-'} → {self.dst or '-'}"
+        if g in ("dport", "proto"):
+            proto = proto_name(self.protonum) if self.protonum is not None else "-"
+            if g == "proto" or self.dport is None:
+                return proto
+            service = service_name(self.dport, self.protonum)
+            return f"{proto}/{self.dport}" + (f" ({service})" if service else "")
+        return "-" if self.key is None else str(self.key)
+
+
+@functools.lru_cache(maxsize=4096)
+def service_name(port: int, protonum: int | None = IPPROTO_TCP) -> str | None:
+    """The /etc/services name of a port, or None."""
+    transport = {IPPROTO_UDP: "udp", IPPROTO_SCTP: "sctp"}.get(protonum or 0, "tcp")
+    try:
+        return socket.getservbyport(port, transport)
+    except (OSError, OverflowError):
+        return None
+
+
+_orig_src = attrgetter("orig.src")
+_orig_dst = attrgetter("orig.dst")
+
+
+def _group_keys(flows: list[Flow], mode: str) -> Iterable[Any]:
+    if mode == "src":
+        return map(_orig_src, flows)
+    if mode == "dst":
+        return map(_orig_dst, flows)
+    if mode == "pair":
+        return zip(map(_orig_src, flows), map(_orig_dst, flows), strict=True)
+    if mode == "dport":
+        # Ports only mean something per protocol; ICMP and GRE flows group under their protocol.
+        return ((f.protonum, f.orig.dport if f.protonum in _PORT_PROTOS else None) for f in flows)
+    if mode == "proto":
+        return map(_protonum, flows)
+    if mode == "state":
+        names = {p: state_name(*p) for p in set(map(_proto_and_state, flows))}
+        return map(names.__getitem__, map(_proto_and_state, flows))
+    if mode == "mark":
+        return map(attrgetter("mark"), flows)
+    return map(attrgetter("zone"), flows)
+
+
+# The GroupRow fields each mode's key fills in, and the sort keys that read them.
+_KEY_FIELDS: dict[str, tuple[str, ...]] = {
+    "src": ("src",),
+    "dst": ("dst",),
+    "pair": ("src", "dst"),
+    "dport": ("protonum", "dport"),
+    "proto": ("protonum",),
+    "state": ("state",),
+    "mark": ("mark",),
+    "zone": ("zone",),
+}
+_SORT_FIELD = {"proto": "protonum"}
+
+
+class _Groups:
+    """Flows aggregated by a group key, as flat per-group columns.
+
+    Flat lists of numbers rather than one object per group: grouping 250k flows by address pair
+    makes about as many groups, and only the rows shown (after sort and limit) become GroupRow.
+    """
+
+    def __init__(self, flows: list[Flow], rates: list[Rate | None], mode: str) -> None:
+        index: dict[Any, int] = {}
+        group_of = [index.setdefault(k, len(index)) for k in _group_keys(flows, mode)]
+        n = len(index)
+        count, rated = [0] * n, [0] * n
+        ob_s, rb_s, op_s, rp_s = [0.0] * n, [0.0] * n, [0.0] * n, [0.0] * n
+        # Counters are summed over the flows that have them, and counted: absent is not 0, and a
+        # group whose flows all lack a counter sums to None.
+        bo, br, po, pr = [0] * n, [0] * n, [0] * n, [0] * n
+        has_bo, has_br, has_po, has_pr = [0] * n, [0] * n, [0] * n, [0] * n
+        for g, flow, rate in zip(group_of, flows, rates, strict=True):
+            count[g] += 1
+            if rate is not None:
+                rated[g] += 1
+                if rate is not ZERO_RATE:  # most rates of a big table are this one shared zero
+                    ob_s[g] += rate[0]
+                    rb_s[g] += rate[1]
+                    op_s[g] += rate[2]
+                    rp_s[g] += rate[3]
+            ob, rb = flow.orig_bytes, flow.reply_bytes
+            op, rp = flow.orig_packets, flow.reply_packets
+            if ob is not None:
+                bo[g] += ob
+                has_bo[g] = 1
+            if rb is not None:
+                br[g] += rb
+                has_br[g] = 1
+            if op is not None:
+                po[g] += op
+                has_po[g] = 1
+            if rp is not None:
+                pr[g] += rp
+                has_pr[g] = 1
+        self.mode = mode
+        self.keys = list(index)
+        self.count = count
+        self.rated = rated
+        self.rate_sums = (ob_s, rb_s, op_s, rp_s)
+        self.orig_bytes = [v if h else None for v, h in zip(bo, has_bo, strict=True)]
+        self.reply_bytes = [v if h else None for v, h in zip(br, has_br, strict=True)]
+        self.orig_packets = [v if h else None for v, h in zip(po, has_po, strict=True)]
+        self.reply_packets = [v if h else None for v, h in zip(pr, has_pr, strict=True)]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def row(self, g: int) -> GroupRow:
+        key = self.keys[g]
+        fields = _KEY_FIELDS[self.mode]
+        values = key if len(fields) > 1 else (key,)
+        ob_s, rb_s, op_s, rp_s = self.rate_sums
+        return GroupRow(
+            self.mode,
+            key,
+            self.count[g],
+            Rate(ob_s[g], rb_s[g], op_s[g], rp_s[g]) if self.rated[g] else None,
+            self.orig_bytes[g],
+            self.reply_bytes[g],
+            self.orig_packets[g],
+            self.reply_packets[g],
+            **dict(zip(fields, values, strict=True)),
+        )
+
+    def natural(self) -> list[Any]:
+        """The order of the key itself: for a sort key the group key does not determine."""
+        mode, keys = self.mode, self.keys
+        if mode in ("src", "dst"):
+            return list(map(_address_key, keys))
+        if mode == "pair":
+            return [
+                (_address_key(s) or _NOT_AN_ADDRESS + 1, _address_key(d) or _NOT_AN_ADDRESS + 1)
+                for s, d in keys
+            ]
+        if mode == "dport":
+            return [(proto_name(p), -1 if port is None else port) for p, port in keys]
+        if mode == "proto":
+            return list(map(proto_name, keys))
+        return keys  # state name, mark, zone
+
+    def column(self, sort: str) -> list[Any]:
+        ob_s, rb_s = self.rate_sums[0], self.rate_sums[1]
+        if sort == "rate":
+            return [a + b if k else None for a, b, k in zip(ob_s, rb_s, self.rated, strict=True)]
+        if sort == "orig_rate":
+            return [a if k else None for a, k in zip(ob_s, self.rated, strict=True)]
+        if sort == "reply_rate":
+            return [b if k else None for b, k in zip(rb_s, self.rated, strict=True)]
+        if sort == "bytes":
+            return list(map(_sum2, self.orig_bytes, self.reply_bytes))
+        if sort == "packets":
+            return list(map(_sum2, self.orig_packets, self.reply_packets))
+        if sort == "flows":
+            return self.count
+        field = _SORT_FIELD.get(sort, sort)
+        fields = _KEY_FIELDS[self.mode]
+        if field not in fields:
+            return self.natural()
+        values = self.keys if len(fields) == 1 else [k[fields.index(field)] for k in self.keys]
+        if field in ("src", "dst"):
+            return list(map(_address_key, values))
+        if field == "protonum":
+            return [None if p is None else proto_name(p) for p in values]
+        return values
+
+
+def group_rows(
+    rows: Iterable[FlowRow],
+    mode: str,
+    sort: str | None = None,
+    reverse: bool = False,
+    limit: int | None = None,
+) -> list[GroupRow]:
+    """Aggregate flow rows by `mode` (a GROUP_KEYS name other than none).
+
+    In first-seen order, or ordered by a SORT_KEYS name like flow rows (see `sort_flows`); a sort
+    key the group key does not determine (sport of a group by src, id, age…) orders by the key.
+    """
+    mode = _group_mode(mode)
+    if mode == "none":
+        raise GroupError("group 'none' has no groups: use the flow rows")
+    table = FlowRows.of(rows)
+    return _grouped(_Groups(table.flows, table.rates, mode), sort, reverse, limit)
+
+
+def _grouped(groups: _Groups, sort: str | None, reverse: bool, limit: int | None) -> list[GroupRow]:
+    if sort is None:
+        order = list(range(len(groups)))
+    else:
+        spec = _sort_key(sort)
+        order = _order(groups.column(spec.name), spec.descending != reverse)
+    if limit is not None:
+        del order[limit:]
+    return [groups.row(g) for g in order]
+
+
+# ---------------------------------------------------------------------------------------------
+# The view
+# ---------------------------------------------------------------------------------------------
+
+
+class ViewTotals:
+    """The flows that passed the filter, summed (before any limit).
+
+    The rate sums are made at once; the counter sums (four passes over a big table) only when
+    read.
+    """
+
+    __slots__ = ("_counters", "_flows", "flows", "no_rate", "rate")
+
+    def __init__(self, flows: list[Flow], rates: list[Rate | None]) -> None:
+        present = [r for r in rates if r is not None]
+        self.flows = len(flows)
+        self.no_rate = len(flows) - len(present)  # flows among them without a rate
+        # Sum over the flows with a rate; None when none has one.
+        self.rate: Rate | None = (
+            Rate(
+                sum(map(itemgetter(0), present)),
+                sum(map(itemgetter(1), present)),
+                sum(map(itemgetter(2), present)),
+                sum(map(itemgetter(3), present)),
+            )
+            if present
+            else None
+        )
+        self._flows = flows
+        self._counters: dict[str, int | None] = {}
+
+    def _counter(self, name: str) -> int | None:
+        if name not in self._counters:
+            values = list(map(attrgetter(name), self._flows))
+            present = len(values) - values.count(None)
+            self._counters[name] = sum(filter(None, values)) if present else None
+        return self._counters[name]
+
+    @property
+    def orig_bytes(self) -> int | None:
+        """Sum over the flows with counters; None when none has them."""
+        return self._counter("orig_bytes")
+
+    @property
+    def reply_bytes(self) -> int | None:
+        return self._counter("reply_bytes")
+
+    @property
+    def orig_packets(self) -> int | None:
+        return self._counter("orig_packets")
+
+    @property
+    def reply_packets(self) -> int | None:
+        return self._counter("reply_packets")
+
+    @property
+    def bytes(self) -> int | None:
+        return _sum2(self.orig_bytes, self.reply_bytes)
+
+    @property
+    def packets(self) -> int | None:
+        return _sum2(self.orig_packets, self.reply_packets)
+
+    def __repr__(self) -> str:
+        return f"<ViewTotals flows={self.flows} rate={self.rate} no_rate={self.no_rate}>"
+
+
+class ViewResult(NamedTuple):
+    rows: FlowRows | list[GroupRow]  # ordered; at most `limit`
+    totals: ViewTotals  # of every flow that passed the filter
+    matched: int  # rows (flows, or groups) before the limit
+    all_flows: int  # flows in the input, before the filter
+
+
+def totals_of(rows: Iterable[FlowRow]) -> ViewTotals:
+    """Sum the rates and counters of flow rows."""
+    table = FlowRows.of(rows)
+    return ViewTotals(table.flows, table.rates)
+
+
+def apply(
+    rows: Iterable[FlowRow],
+    *,
+    filter: str | Predicate | None = None,  # the operator's word, shadowing the builtin here
+    sort: str = "rate",
+    reverse: bool = False,
+    group: str = "none",
+    limit: int | None = None,
+) -> ViewResult:
+    """Filter, then group (optional), then sort, then cut to `limit` rows.
+
+    `rows` is a sample's `rows` (a FlowRows) or any iterable of FlowRow. `filter` is an
+    expression (parsed here; `FilterError` if bad) or a predicate from `parse_filter`.
+    Totals cover every flow that passed the filter, whatever the limit.
+    """
+    mode = _group_mode(group)
+    _sort_key(sort)
+    if limit is not None and limit < 0:
+        raise ViewError(f"limit must not be negative, got {limit}")
+    pred = parse_filter(filter) if isinstance(filter, str) else filter
+    table = FlowRows.of(rows)
+    flows, rates = table.flows, table.rates
+    if pred is not None and pred is not _match_all:
+        keep = list(map(pred, flows))
+        flows = list(compress(flows, keep))
+        rates = list(compress(rates, keep))
+    totals = ViewTotals(flows, rates)
+    if mode == "none":
+        return ViewResult(
+            sort_flows(FlowRows(flows, rates), sort, reverse, limit), totals, len(flows), len(table)
+        )
+    groups = _Groups(flows, rates, mode)
+    return ViewResult(_grouped(groups, sort, reverse, limit), totals, len(groups), len(table))

@@ -1,0 +1,353 @@
+"""Properties of the engine (hypothesis): rates never negative, totals are the sum of their
+rows, a filter and its negation partition the flows, sorting is stable and total."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cttop.conntrack.const import (
+    AF_INET,
+    AF_INET6,
+    STATE_TABLES,
+    proto_name,
+    state_name,
+)
+from cttop.conntrack.model import Flow, FlowKey, Snapshot, Tuple
+from cttop.sampler import ZERO_RATE, FlowRows, Rate, Sampler
+from cttop.view import GROUP_KEYS, SORT_KEYS, FilterError, apply, parse_filter, sort_flows
+
+settings.register_profile(
+    "engine", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=150
+)
+settings.load_profile("engine")
+
+V4 = ["10.0.0.1", "10.0.0.2", "10.0.0.10", "192.168.1.1", "1.1.1.1", "0.0.0.0", "255.255.255.255"]
+V6 = ["::1", "2001:db8::1", "2001:db8::a", "fe80::1", "::ffff:10.0.0.1", "ff02::2"]
+PROTOS = [6, 17, 1, 58, 132, 33, 47, 136, 50]
+
+counters = st.one_of(
+    st.none(), st.tuples(*[st.integers(0, 10**6)] * 4)
+)  # accounting is on or off for a whole flow: all four counters or none
+
+
+@st.composite
+def flows(draw: st.DrawFn) -> Flow:
+    v6 = draw(st.booleans())
+    addrs = V6 if v6 else V4
+    address = (
+        st.one_of(st.sampled_from(addrs), st.none())
+        if draw(st.booleans())
+        else st.sampled_from(addrs)
+    )
+    port = st.one_of(st.none(), st.sampled_from([22, 53, 80, 443, 8080]), st.integers(0, 65535))
+    src, dst = draw(address), draw(address)
+    sport, dport = draw(port), draw(port)
+    orig = Tuple(src, dst, sport, dport)
+    if draw(st.booleans()):
+        reply = Tuple(dst, src, dport, sport)
+    else:  # NATed somewhere
+        reply = Tuple(draw(address), draw(address), draw(port), draw(port))
+    c = draw(counters)
+    ob, rb, op, rp = c if c is not None else (None, None, None, None)
+    protonum = draw(st.sampled_from(PROTOS))
+    return Flow(
+        family=AF_INET6 if v6 else AF_INET,
+        protonum=protonum,
+        orig=orig,
+        reply=reply,
+        id=draw(st.integers(0, 3)),  # few ids: CTA_ID repeats
+        status=draw(st.one_of(st.none(), st.integers(0, 0xFFFF))),
+        state=draw(st.one_of(st.none(), st.integers(0, 10))),
+        timeout=draw(st.one_of(st.none(), st.integers(0, 432000))),
+        mark=draw(st.one_of(st.none(), st.sampled_from([0, 1, 0x10, 0xFFFFFFFF]))),
+        zone=draw(st.sampled_from([0, 0, 1])),
+        orig_bytes=ob,
+        reply_bytes=rb,
+        orig_packets=op,
+        reply_packets=rp,
+        start=draw(st.one_of(st.none(), st.integers(0, 10**18))),
+    )
+
+
+rates = st.one_of(
+    st.none(),
+    st.just(ZERO_RATE),
+    st.builds(Rate, *[st.floats(0, 1e9, allow_nan=False)] * 4),
+)
+
+
+@st.composite
+def flow_rows(draw: st.DrawFn, max_size: int = 30) -> FlowRows:
+    """Rows with each flow's `use` set to its position, so a result can be traced back."""
+    fs = draw(st.lists(flows(), max_size=max_size))
+    fs = [f._replace(use=i) for i, f in enumerate(fs)]
+    return FlowRows(fs, [draw(rates) for _ in fs])
+
+
+@st.composite
+def snapshot_sequences(draw: st.DrawFn) -> list[Snapshot]:
+    """Successive polls of a small table: flows come and go, counters stay, go up, or go
+    anywhere (a reset), and the time between polls varies (sometimes zero or backwards)."""
+    pool = {f.key: f for f in draw(st.lists(flows(), min_size=1, max_size=12))}
+    t = 0.0
+    out = []
+    for _ in range(draw(st.integers(1, 6))):
+        table: dict[FlowKey, Flow] = {}
+        for key, f in pool.items():
+            c = _counters(f)
+            how = draw(st.sampled_from(["same", "up", "up", "anywhere"]))
+            if c is not None and how == "up":
+                more = draw(st.tuples(*[st.integers(0, 10**5)] * 4))
+                c = tuple(a + b for a, b in zip(c, more, strict=True))  # type: ignore[assignment]
+            elif c is not None and how == "anywhere":
+                c = draw(st.tuples(*[st.integers(0, 10**6)] * 4))
+            if c is not None:
+                f = pool[key] = f._replace(
+                    orig_bytes=c[0], reply_bytes=c[1], orig_packets=c[2], reply_packets=c[3]
+                )
+            if draw(st.integers(0, 3)):  # present in this dump three times in four
+                table[key] = f
+        t += draw(st.sampled_from([0.0, -0.5, 0.25, 1.0, 1.5, 3.0]))
+        out.append(Snapshot(t, 1e9 + t, table, len(table), draw(st.sampled_from([None, 0, 64]))))
+    return out
+
+
+def _counters(f: Flow) -> tuple[int, int, int, int] | None:
+    c = (f.orig_bytes, f.reply_bytes, f.orig_packets, f.reply_packets)
+    return None if None in c else c  # type: ignore[return-value]
+
+
+# --- sampler ----------------------------------------------------------------------------------
+
+
+@given(snapshot_sequences())
+def test_rates_are_never_negative_and_totals_are_the_sum_of_rows(snapshots):
+    sampler = Sampler(history=4, keep_vanished=1)
+    prev: Snapshot | None = None
+    seen: set[FlowKey] = set()
+    for snap in snapshots:
+        sample = sampler.step(snap)
+        rows = list(sample.rows)
+        t = sample.totals
+        assert [r.flow for r in rows] == list(snap.flows.values())
+        assert t.flows == len(rows)
+
+        for row in rows:
+            if row.rate is not None:
+                assert all(v >= 0 and math.isfinite(v) for v in row.rate)
+                assert row.flow.key in seen  # never a rate on a first sight
+                assert _counters(row.flow) is not None
+            # the reference: a flow present in the last poll, metered both times, counters not
+            # gone down, a positive interval → exactly delta / interval
+            if prev is not None and row.flow.key in prev.flows:
+                before, now = _counters(prev.flows[row.flow.key]), _counters(row.flow)
+                if before and now and sample.interval:
+                    deltas = [a - b for a, b in zip(now, before, strict=True)]
+                    if min(deltas) < 0:
+                        assert row.rate is None
+                    else:
+                        assert row.rate == Rate(*(d / sample.interval for d in deltas))
+
+        if sample.interval is None:
+            assert t.rate is None
+        else:
+            assert t.rate is not None
+            for i in range(4):
+                want = sum(r.rate[i] for r in rows if r.rate is not None)
+                assert math.isclose(t.rate[i], want, rel_tol=1e-9, abs_tol=1e-9)
+
+        assert sum(t.by_proto.values()) == t.flows
+        assert sum(t.by_tcp_state.values()) == t.by_proto.get("tcp", 0)
+        assert t.no_counters == sum(1 for r in rows if _counters(r.flow) is None)
+        if prev is None:
+            assert t.new is None and t.vanished is None
+        else:
+            assert t.new is not None and t.returned is not None and t.vanished is not None
+            assert min(t.new, t.returned, t.vanished) >= 0
+            assert t.new + t.returned - t.vanished == len(snap.flows) - len(prev.flows)
+            assert t.vanished == len(prev.flows.keys() - snap.flows.keys())
+        for key in snap.flows:
+            history = sampler.history(key)
+            assert 1 <= len(history) <= 4
+            assert all(v is None or v >= 0 for v in history)
+        seen.update(snap.flows)
+        prev = snap
+
+
+# --- filter -----------------------------------------------------------------------------------
+
+STATE_NAMES = sorted({s for table in STATE_TABLES.values() for s in table})
+
+
+@st.composite
+def terms(draw: st.DrawFn) -> str:
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
+        return draw(st.sampled_from(["tcp", "udp", "icmp", "icmpv6", "sctp", "gre", "dccp"]))
+    if kind == 1:
+        name = draw(st.sampled_from(STATE_NAMES))
+        return "state:" + name[: draw(st.integers(1, len(name)))].lower()
+    if kind == 2:
+        addr = ipaddress.ip_address(draw(st.sampled_from(V4 + V6)))
+        bits = draw(st.integers(0, addr.max_prefixlen))
+        field = draw(st.sampled_from(["src", "dst", "host"]))
+        return f"{field}:{addr}/{bits}"
+    if kind == 3:
+        lo = draw(st.integers(0, 65535))
+        hi = draw(st.integers(lo, 65535))
+        return f"{draw(st.sampled_from(['port', 'sport', 'dport']))}:{lo}-{hi}"
+    if kind == 4:
+        return draw(st.sampled_from(["port:https", "dport:domain", "sport:ssh", "port:80"]))
+    if kind == 5:
+        return draw(st.sampled_from(["mark:0", "mark:1", "mark:0x10/0x10", "zone:0", "zone:1"]))
+    if kind == 6:
+        return draw(st.sampled_from(["nat", "snat", "dnat", "assured", "unreplied", "offload"]))
+    if kind == 7:
+        return draw(st.sampled_from(["family:ipv4", "family:ipv6", "proto:6", "proto:50"]))
+    text = draw(st.sampled_from(V4 + V6))
+    start = draw(st.integers(0, len(text) - 1))
+    return text[start : draw(st.integers(start + 1, len(text)))]  # bare text
+
+
+@given(st.lists(flows(), max_size=25), terms())
+def test_a_filter_and_its_negation_partition_the_flows(fs, term):
+    pred = parse_filter(term)
+    for negation in (f"!{term}", f"not {term}", f"! {term}"):
+        neg = parse_filter(negation)
+        for f in fs:
+            assert pred(f) != neg(f)
+
+
+@given(flow_rows(), st.lists(terms(), min_size=1, max_size=4))
+def test_terms_all_must_match(rows, ts):
+    shown = apply(rows, filter=" ".join(ts), sort="id").rows
+    singles = [parse_filter(t) for t in ts]
+    want = [f.use for f in rows.flows if all(p(f) for p in singles)]
+    assert sorted(f.use for f in shown.flows) == want
+
+
+@given(st.text(max_size=40))
+def test_any_text_parses_or_says_which_term(text):
+    try:
+        pred = parse_filter(text)
+    except FilterError as err:
+        assert err.term in text.split() or err.term.lstrip("!") in text
+    else:
+        assert callable(pred)
+
+
+# --- sort -------------------------------------------------------------------------------------
+
+
+def _address(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    a = ipaddress.ip_address(text)
+    return (a.version, int(a))  # IPv4 (4) before IPv6 (6), numerically within each
+
+
+def _sum(a: int | None, b: int | None) -> int | None:
+    return None if a is None and b is None else (a or 0) + (b or 0)
+
+
+# An independent statement of each sort key: (value of a row, smallest first?)
+REFERENCE: dict[str, tuple[Any, bool]] = {
+    "rate": (lambda f, r: None if r is None else r.orig_bytes_per_s + r.reply_bytes_per_s, False),
+    "orig_rate": (lambda f, r: None if r is None else r.orig_bytes_per_s, False),
+    "reply_rate": (lambda f, r: None if r is None else r.reply_bytes_per_s, False),
+    "bytes": (lambda f, r: _sum(f.orig_bytes, f.reply_bytes), False),
+    "packets": (lambda f, r: _sum(f.orig_packets, f.reply_packets), False),
+    "flows": (lambda f, r: 1, False),
+    "age": (lambda f, r: f.start, True),  # oldest (earliest start) first
+    "timeout": (lambda f, r: f.timeout, True),
+    "proto": (lambda f, r: proto_name(f.protonum), True),
+    "state": (lambda f, r: state_name(f.protonum, f.state), True),
+    "src": (lambda f, r: _address(f.orig.src), True),
+    "dst": (lambda f, r: _address(f.orig.dst), True),
+    "sport": (lambda f, r: f.orig.sport, True),
+    "dport": (lambda f, r: f.orig.dport, True),
+    "mark": (lambda f, r: f.mark, True),
+    "zone": (lambda f, r: f.zone, True),
+    "id": (lambda f, r: f.id, True),
+}
+
+
+def test_reference_covers_every_sort_key():
+    assert set(REFERENCE) == set(SORT_KEYS)
+
+
+@given(flow_rows(), st.sampled_from(sorted(SORT_KEYS)), st.booleans())
+def test_sort_is_stable_and_total(rows, key, reverse):
+    value, ascending = REFERENCE[key]
+    if reverse:
+        ascending = not ascending
+    out = sort_flows(rows, key, reverse)
+    positions = [f.use for f in out.flows]
+    assert sorted(positions) == list(range(len(rows)))  # a permutation: nothing lost or doubled
+    values = [value(f, rates) for f, rates in zip(out.flows, out.rates, strict=True)]
+    present = [v for v in values if v is not None]
+    assert values[: len(present)] == present  # absent values last, in either direction
+    for i in range(len(values) - 1):
+        a, b = values[i], values[i + 1]
+        if a is None or b is None or a == b:
+            if a == b:  # equal keys (or both absent) keep their input order
+                assert positions[i] < positions[i + 1]
+            continue
+        assert (a < b) if ascending else (a > b)
+
+
+@given(flow_rows(), st.sampled_from(sorted(SORT_KEYS)), st.booleans())
+def test_sort_twice_is_the_same(rows, key, reverse):
+    once = sort_flows(rows, key, reverse)
+    assert sort_flows(once, key, reverse) == once
+
+
+# --- view totals and group-by -----------------------------------------------------------------
+
+
+@given(flow_rows(), st.sampled_from(sorted(GROUP_KEYS)), st.sampled_from(sorted(SORT_KEYS)))
+def test_groups_sum_to_the_totals(rows, group, sort):
+    result = apply(rows, group=group, sort=sort)
+    t = result.totals
+    assert t.flows == len(rows)
+    if group == "none":
+        shown = list(result.rows)
+        assert len(shown) == len(rows)
+        counted = [(r.rate, r.flow.orig_bytes, r.flow.reply_packets, 1) for r in shown]
+    else:
+        keys = [g.key for g in result.rows]
+        assert len(keys) == len(set(keys)) == result.matched
+        counted = [(g.rate, g.orig_bytes, g.reply_packets, g.flows) for g in result.rows]
+    assert sum(c[3] for c in counted) == t.flows
+    present = [c[0] for c in counted if c[0] is not None]
+    if t.rate is None:
+        assert present == []
+    else:
+        for i in range(4):
+            assert math.isclose(t.rate[i], sum(r[i] for r in present), rel_tol=1e-9, abs_tol=1e-6)
+    ob = [c[1] for c in counted if c[1] is not None]
+    assert t.orig_bytes == (sum(ob) if ob else None)
+    rp = [c[2] for c in counted if c[2] is not None]
+    assert t.reply_packets == (sum(rp) if rp else None)
+
+
+@given(flow_rows(), st.integers(0, 40))
+def test_limit_cuts_the_rows_not_the_totals(rows, limit):
+    full = apply(rows)
+    cut = apply(rows, limit=limit)
+    assert list(cut.rows) == list(full.rows)[:limit]
+    assert cut.matched == full.matched == len(rows)
+    assert cut.totals.rate == full.totals.rate
+    assert cut.totals.bytes == full.totals.bytes
+
+
+@pytest.mark.parametrize("group", sorted(set(GROUP_KEYS) - {"none"}))
+def test_group_of_nothing_is_nothing(group):
+    result = apply([], group=group)
+    assert (result.rows, result.matched, result.totals.flows) == ([], 0, 0)

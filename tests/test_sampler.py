@@ -1,0 +1,452 @@
+"""Sampler: sequences of synthetic snapshots → exact rates, totals and history.
+
+Every expected number is worked out by hand from the counters and times written in the case.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from cttop.conntrack.const import (
+    AF_INET,
+    AF_INET6,
+    IPPROTO_ICMP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    IPS_ASSURED,
+    IPS_SEEN_REPLY,
+)
+from cttop.conntrack.model import Flow, FlowKey, Snapshot, Tuple
+from cttop.sampler import ZERO_RATE, FlowRow, FlowRows, Rate, Sampler, rates_sum
+
+# --- building flows and snapshots ------------------------------------------------------------
+
+
+def flow(
+    counters: tuple[int, int, int, int] | None = (0, 0, 0, 0),
+    *,
+    src: str = "10.0.0.1",
+    dst: str = "10.0.0.2",
+    sport: int = 40000,
+    dport: int = 443,
+    id: int = 1,  # the kernel's name for it
+    zone: int = 0,
+    protonum: int = IPPROTO_TCP,
+    state: int | None = 3,
+) -> Flow:
+    """A flow; counters are (orig_bytes, reply_bytes, orig_packets, reply_packets)."""
+    ob, rb, op, rp = counters if counters is not None else (None, None, None, None)
+    return Flow(
+        family=AF_INET6 if ":" in src else AF_INET,
+        protonum=protonum,
+        orig=Tuple(src, dst, sport, dport),
+        reply=Tuple(dst, src, dport, sport),
+        id=id,
+        status=IPS_SEEN_REPLY | IPS_ASSURED,
+        state=state,
+        zone=zone,
+        orig_bytes=ob,
+        reply_bytes=rb,
+        orig_packets=op,
+        reply_packets=rp,
+    )
+
+
+def snapshot(t: float, *flows: Flow, count: int | None = None, maximum: int | None = None):
+    """As a Source makes it: deduplicated by key, the last copy in the dump wins."""
+    return Snapshot(t, 1_700_000_000.0 + t, {f.key: f for f in flows}, count, maximum)
+
+
+def rate_of(sample, key: FlowKey) -> Rate | None:
+    row = sample.row(key)
+    assert row is not None, "flow missing from the sample"
+    return row.rate
+
+
+A = flow().key  # the default flow's identity: zone 0, 10.0.0.1:40000 → 10.0.0.2:443, id 1
+
+
+# --- parametrized sequences: (time, flows) per step → expected rate of flow A per step -------
+
+CASES = {
+    "first sight has no rate, then bytes/s and packets/s each way": (
+        [
+            (0.0, [flow((1000, 2000, 10, 20))]),
+            (1.5, [flow((4000, 8000, 16, 29))]),
+        ],
+        [None, Rate(2000.0, 4000.0, 4.0, 6.0)],  # (3000, 6000, 6, 9) over 1.5 s
+    ),
+    "interval not exactly the poll period": (
+        [
+            (10.0, [flow((0, 0, 0, 0))]),
+            (11.25, [flow((2500, 500, 5, 1))]),  # 1.25 s
+            (13.25, [flow((3500, 500, 7, 1))]),  # 2.0 s
+        ],
+        [None, Rate(2000.0, 400.0, 4.0, 0.8), Rate(500.0, 0.0, 1.0, 0.0)],
+    ),
+    "idle flow has a zero rate, not None": (
+        [(0.0, [flow((500, 500, 5, 5))]), (1.0, [flow((500, 500, 5, 5))])],
+        [None, Rate(0.0, 0.0, 0.0, 0.0)],
+    ),
+    "reply-only traffic": (
+        [(0.0, [flow((100, 100, 1, 1))]), (2.0, [flow((100, 900, 1, 5))])],
+        [None, Rate(0.0, 400.0, 0.0, 2.0)],
+    ),
+    "counter reset restarts the rate: never negative": (
+        [
+            (0.0, [flow((5000, 9000, 50, 90))]),
+            (1.0, [flow((6000, 9500, 60, 95))]),
+            (2.0, [flow((100, 200, 1, 2))]),  # zeroed by `conntrack -L -z` in between
+            (4.0, [flow((1100, 600, 3, 6))]),
+        ],
+        [None, Rate(1000.0, 500.0, 10.0, 5.0), None, Rate(500.0, 200.0, 1.0, 2.0)],
+    ),
+    "one counter going down is enough to restart": (
+        [(0.0, [flow((5000, 9000, 50, 90))]), (1.0, [flow((6000, 8999, 60, 95))])],
+        [None, None],
+    ),
+    "missing counters (accounting off) never get a rate": (
+        [(0.0, [flow(None)]), (1.0, [flow(None)]), (2.0, [flow(None)])],
+        [None, None, None],
+    ),
+    "counters appearing start metering from there": (
+        [(0.0, [flow(None)]), (1.0, [flow((100, 100, 1, 1))]), (2.0, [flow((300, 100, 2, 1))])],
+        [None, None, Rate(200.0, 0.0, 1.0, 0.0)],
+    ),
+    "duplicate flow in one dump: the last copy counts": (
+        [
+            (0.0, [flow((1000, 0, 1, 0))]),
+            (1.0, [flow((1500, 0, 2, 0)), flow((3000, 0, 4, 0))]),  # updated while dumping
+        ],
+        [None, Rate(2000.0, 0.0, 3.0, 0.0)],
+    ),
+    "flow vanishing for one poll and returning continues from its last counters": (
+        [
+            (0.0, [flow((1000, 0, 1, 0))]),
+            (1.0, []),  # a dump that missed it
+            (3.0, [flow((7000, 3000, 7, 3))]),  # 6000 and 3000 bytes over 3.0 s
+        ],
+        [None, "absent", Rate(2000.0, 1000.0, 2.0, 1.0)],
+    ),
+    "flow missing for longer than keep_vanished comes back as new": (
+        [
+            (0.0, [flow((1000, 0, 1, 0))]),
+            (1.0, []),
+            (2.0, []),
+            (3.0, []),  # missing 3 polls, keep_vanished is 2
+            (4.0, [flow((7000, 0, 7, 0))]),
+        ],
+        [None, "absent", "absent", "absent", None],
+    ),
+    "snapshot not later than the previous one gives no rate": (
+        [(5.0, [flow((0, 0, 0, 0))]), (5.0, [flow((100, 0, 1, 0))]), (6.0, [flow((300, 0, 2, 0))])],
+        [None, None, Rate(200.0, 0.0, 1.0, 0.0)],
+    ),
+    "clock going backwards gives no rate, then continues from there": (
+        [(5.0, [flow((0, 0, 0, 0))]), (4.0, [flow((100, 0, 1, 0))]), (4.5, [flow((300, 0, 2, 0))])],
+        [None, None, Rate(400.0, 0.0, 2.0, 0.0)],
+    ),
+}
+
+
+@pytest.mark.parametrize("steps, expected", CASES.values(), ids=CASES.keys())
+def test_rate_sequences(steps, expected):
+    sampler = Sampler()
+    for (t, flows), want in zip(steps, expected, strict=True):
+        sample = sampler.step(snapshot(t, *flows))
+        if want == "absent":
+            assert sample.row(A) is None
+        else:
+            assert rate_of(sample, A) == want
+
+
+def test_id_reuse_with_a_new_tuple_is_a_new_flow():
+    old = flow((5000, 5000, 5, 5), src="10.0.0.1", id=7)
+    sampler = Sampler()
+    sampler.step(snapshot(0.0, old))
+    # CTA_ID 7 again, for another connection: smaller counters must not make a negative rate,
+    # and the new one is not mistaken for the old one.
+    reused = flow((100, 100, 1, 1), src="10.0.0.99", id=7)
+    sample = sampler.step(snapshot(1.0, reused))
+    assert rate_of(sample, reused.key) is None
+    assert sample.row(old.key) is None
+    assert sample.totals.new == 1
+    assert sample.totals.vanished == 1
+    assert sample.totals.restarted == 0
+
+
+def test_same_tuple_and_id_in_another_zone_is_another_flow():
+    zone0 = flow((100, 0, 1, 0), zone=0)
+    zone7 = flow((900, 0, 9, 0), zone=7)
+    sampler = Sampler()
+    sampler.step(snapshot(0.0, zone0, zone7))
+    sample = sampler.step(
+        snapshot(1.0, flow((300, 0, 2, 0), zone=0), flow((1000, 0, 10, 0), zone=7))
+    )
+    assert rate_of(sample, zone0.key) == Rate(200.0, 0.0, 1.0, 0.0)
+    assert rate_of(sample, zone7.key) == Rate(100.0, 0.0, 1.0, 0.0)
+
+
+def test_idle_flows_share_one_zero_rate():
+    sampler = Sampler()
+    sampler.step(snapshot(0.0, flow((1, 1, 1, 1)), flow((1, 1, 1, 1), id=2)))
+    sample = sampler.step(snapshot(1.0, flow((1, 1, 1, 1)), flow((1, 1, 1, 1), id=2)))
+    assert sample.rows.rates == [ZERO_RATE, ZERO_RATE]
+    assert sample.rows.rates[0] is sample.rows.rates[1]
+
+
+# --- totals -----------------------------------------------------------------------------------
+
+
+def test_totals_of_a_step():
+    tcp_est = flow((1000, 1000, 10, 10), id=1)
+    tcp_syn = flow((0, 0, 1, 0), id=2, state=1)
+    udp = flow((200, 0, 2, 0), id=3, protonum=IPPROTO_UDP, state=None, dport=53)
+    icmp = flow(None, id=4, protonum=IPPROTO_ICMP, state=None)
+    gone = flow((5, 5, 1, 1), id=5)
+    sampler = Sampler()
+    first = sampler.step(snapshot(0.0, tcp_est, tcp_syn, udp, icmp, gone, count=5, maximum=100))
+    t = first.totals
+    assert (t.new, t.vanished, t.returned, t.rate, t.new_per_s) == (None, None, None, None, None)
+    assert t.flows == 5
+    assert t.no_counters == 1
+    assert first.interval is None
+
+    fresh = flow((40, 0, 1, 0), id=6, protonum=IPPROTO_UDP, state=None)
+    fresh2 = flow((40, 0, 1, 0), id=7, protonum=IPPROTO_UDP, state=None)
+    sample = sampler.step(
+        snapshot(
+            2.0,
+            flow((3000, 5000, 14, 30), id=1),  # +2000 +4000 +4 +20 over 2 s
+            flow((0, 0, 2, 0), id=2, state=1),  # +1 packet
+            flow((600, 0, 6, 0), id=3, protonum=IPPROTO_UDP, state=None, dport=53),  # +400 +4
+            icmp,
+            fresh,
+            fresh2,
+            count=6,
+            maximum=8,
+        )
+    )
+    t = sample.totals
+    assert sample.interval == 2.0
+    assert t.flows == 6
+    assert t.by_proto == {"tcp": 2, "udp": 3, "icmp": 1}
+    assert t.by_tcp_state == {"ESTABLISHED": 1, "SYN_SENT": 1}
+    # (2000 + 0 + 400)/2, (4000)/2, (4 + 1 + 4)/2, (20)/2
+    assert t.rate == Rate(1200.0, 2000.0, 4.5, 10.0)
+    assert t.rate.total_bytes_per_s == 3200.0
+    assert (t.new, t.vanished, t.returned, t.unchanged) == (2, 1, 0, 4)
+    assert (t.new_per_s, t.vanished_per_s) == (1.0, 0.5)
+    assert t.no_counters == 1
+    assert (t.table_count, t.table_max, t.fill) == (6, 8, 0.75)
+
+
+@pytest.mark.parametrize(
+    "count, maximum, fill", [(None, 100, None), (5, None, None), (5, 0, None), (0, 10, 0.0)]
+)
+def test_fill_is_none_when_unknown(count, maximum, fill):
+    sample = Sampler().step(snapshot(0.0, flow(), count=count, maximum=maximum))
+    assert sample.totals.fill == fill
+
+
+def test_tcp_flows_without_a_state_are_counted_under_none():
+    offloaded = flow((0, 0, 0, 0), id=2, state=None)
+    t = Sampler().step(snapshot(0.0, flow(), offloaded)).totals
+    assert t.by_tcp_state == {"ESTABLISHED": 1, None: 1}
+
+
+def test_returned_flow_counts_as_returned_not_new():
+    sampler = Sampler()
+    sampler.step(snapshot(0.0, flow((0, 0, 0, 0)), flow((0, 0, 0, 0), id=2)))
+    assert sampler.step(snapshot(1.0, flow((0, 0, 0, 0), id=2))).totals.vanished == 1
+    t = sampler.step(snapshot(2.0, flow((10, 0, 1, 0)), flow((0, 0, 0, 0), id=2))).totals
+    assert (t.new, t.returned, t.vanished) == (0, 1, 0)
+    # 10 bytes over the 2 s since it was last read
+    assert t.rate == Rate(5.0, 0.0, 0.5, 0.0)
+
+
+def test_counter_reset_is_counted_and_excluded_from_totals():
+    sampler = Sampler()
+    sampler.step(snapshot(0.0, flow((500, 0, 5, 0)), flow((0, 0, 0, 0), id=2)))
+    t = sampler.step(snapshot(1.0, flow((100, 0, 1, 0)), flow((50, 0, 1, 0), id=2))).totals
+    assert t.restarted == 1
+    assert t.rate == Rate(50.0, 0.0, 1.0, 0.0)
+
+
+def test_keep_vanished_zero_forgets_at_once():
+    sampler = Sampler(keep_vanished=0)
+    sampler.step(snapshot(0.0, flow((0, 0, 0, 0))))
+    sampler.step(snapshot(1.0))
+    sample = sampler.step(snapshot(2.0, flow((100, 0, 1, 0))))
+    assert rate_of(sample, A) is None
+    assert sample.totals.new == 1
+    assert sampler.tracked == 1
+
+
+def test_reset_forgets_everything():
+    sampler = Sampler()
+    sampler.step(snapshot(0.0, flow((0, 0, 0, 0))))
+    sampler.reset()
+    sample = sampler.step(snapshot(1.0, flow((100, 0, 1, 0))))
+    assert rate_of(sample, A) is None
+    assert sample.step == 1
+    assert sampler.history(A) == [None]
+
+
+@pytest.mark.parametrize("history, keep", [(0, 1), (1, -1)])
+def test_bad_arguments(history, keep):
+    with pytest.raises(ValueError):
+        Sampler(history=history, keep_vanished=keep)
+
+
+# --- history ----------------------------------------------------------------------------------
+
+
+def test_history_of_a_flow():
+    sampler = Sampler(history=60)
+    steps = [
+        (0.0, (0, 0, 0, 0)),  # first sight: None
+        (1.0, (100, 100, 1, 1)),  # 200 B/s
+        (2.0, (100, 100, 1, 1)),  # idle: 0.0 (not stored, rebuilt)
+        (3.0, (100, 100, 1, 1)),  # idle
+        (4.0, (400, 100, 2, 1)),  # 300 B/s
+        (5.0, (0, 0, 0, 0)),  # reset: None
+        (5.5, (50, 0, 1, 0)),  # 100 B/s
+    ]
+    for t, counters in steps:
+        sampler.step(snapshot(t, flow(counters)))
+    assert sampler.history(A) == [None, 200.0, 0.0, 0.0, 300.0, None, 100.0]
+
+
+def test_history_is_bounded_and_keeps_the_latest():
+    sampler = Sampler(history=3)
+    for i in range(10):
+        sampler.step(snapshot(float(i), flow((i * 10, 0, i, 0))))
+    assert sampler.history(A) == [10.0, 10.0, 10.0]
+    assert len(sampler.totals_history) == 3
+    assert sampler.totals_rate_history() == [10.0, 10.0, 10.0]
+
+
+def test_history_shows_missed_polls_as_none():
+    sampler = Sampler()
+    sampler.step(snapshot(0.0, flow((0, 0, 0, 0))))
+    sampler.step(snapshot(1.0, flow((100, 0, 1, 0))))
+    sampler.step(snapshot(2.0))
+    sampler.step(snapshot(3.0))
+    assert sampler.history(A) == [None, 100.0]  # vanished: its history ends where it was seen
+    sampler.step(snapshot(4.0, flow((400, 0, 2, 0))))  # 300 bytes over 3 s
+    assert sampler.history(A) == [None, 100.0, None, None, 100.0]
+
+
+def test_history_of_an_idle_flow_is_rebuilt_without_storage():
+    sampler = Sampler(history=4)
+    for i in range(6):
+        sampler.step(snapshot(float(i), flow((7, 7, 1, 1))))
+    assert sampler.history(A) == [0.0, 0.0, 0.0, 0.0]
+    assert sampler._rings == {}  # bounded memory: idle flows cost no ring
+
+
+def test_rings_of_flows_idle_for_a_whole_window_are_dropped():
+    sampler = Sampler(history=4)
+    sampler.step(snapshot(0.0, flow((0, 0, 0, 0))))
+    sampler.step(snapshot(1.0, flow((10, 0, 1, 0))))
+    assert A in sampler._rings
+    for i in range(2, 9):
+        sampler.step(snapshot(float(i), flow((10, 0, 1, 0))))
+    assert A not in sampler._rings
+    assert sampler.history(A) == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_history_of_flows_without_counters_is_all_none():
+    sampler = Sampler()
+    for i in range(3):
+        sampler.step(snapshot(float(i), flow(None)))
+    assert sampler.history(A) == [None, None, None]
+
+
+def test_history_of_an_unknown_or_forgotten_flow_is_empty():
+    sampler = Sampler(keep_vanished=1)
+    assert sampler.history(A) == []
+    sampler.step(snapshot(0.0, flow()))
+    sampler.step(snapshot(1.0))
+    sampler.step(snapshot(2.0))
+    sampler.step(snapshot(3.0))
+    assert sampler.history(A) == []
+
+
+def test_totals_history_keeps_whole_totals():
+    sampler = Sampler(history=2)
+    sampler.step(snapshot(0.0, flow((0, 0, 0, 0)), count=1, maximum=4))
+    sampler.step(snapshot(1.0, flow((30, 0, 1, 0)), count=1, maximum=4))
+    sampler.step(snapshot(3.0, flow((30, 0, 1, 0)), flow(id=2), count=2, maximum=4))
+    fills = [t.fill for t in sampler.totals_history]
+    assert fills == [0.25, 0.5]
+    assert sampler.totals_rate_history() == [30.0, 0.0]
+
+
+# --- rows -------------------------------------------------------------------------------------
+
+
+def test_flow_rows_read_as_flow_rows():
+    a, b = flow((1, 1, 1, 1)), flow((2, 2, 2, 2), id=2)
+    rate = Rate(1.0, 2.0, 3.0, 4.0)
+    rows = FlowRows([a, b], [None, rate])
+    assert len(rows) == 2
+    assert rows[1] == FlowRow(b, rate)
+    assert rows[-1].rate is rate
+    assert list(rows) == [FlowRow(a, None), FlowRow(b, rate)]
+    assert rows[1:] == FlowRows([b], [rate])
+    assert FlowRows.of([FlowRow(a, None), FlowRow(b, rate)]) == rows
+    assert FlowRows.of(rows) is rows
+    with pytest.raises(ValueError):
+        FlowRows([a], [])
+
+
+def test_sample_row_by_key():
+    sampler = Sampler()
+    sample = sampler.step(snapshot(0.0, flow(), flow(id=2)))
+    assert sample.row(flow(id=2).key) == FlowRow(flow(id=2), None)
+    assert sample.row(flow(id=3).key) is None
+    assert sample.time_wall == 1_700_000_000.0
+
+
+def test_rates_sum():
+    assert rates_sum([None, None]) is None
+    assert rates_sum([Rate(1.0, 2.0, 3.0, 4.0), None, Rate(0.5, 0.5, 0.5, 0.5)]) == Rate(
+        1.5, 2.5, 3.5, 4.5
+    )
+
+
+def test_rate_totals():
+    r = Rate(1.5, 2.0, 3.0, 0.25)
+    assert r.total_bytes_per_s == 3.5
+    assert r.total_packets_per_s == 3.25
+
+
+def test_a_busy_step_is_linear_not_quadratic():
+    """20k flows, all moved, with 1% churn: must finish in well under a second."""
+    n = 20_000
+    first = [flow((i, i, 1, 1), id=i, sport=1024 + i % 60000) for i in range(n)]
+    moved = [f._replace(orig_bytes=f.orig_bytes + 1000, orig_packets=2) for f in first[200:]]
+    fresh = [flow((0, 0, 0, 0), id=n + i) for i in range(200)]
+    sampler = Sampler()
+    sampler.step(snapshot(0.0, *first))
+    t0 = time.perf_counter()
+    sample = sampler.step(snapshot(2.0, *moved, *fresh))
+    elapsed = time.perf_counter() - t0
+    assert sample.totals.new == 200
+    assert sample.totals.vanished == 200
+    assert sample.totals.rate is not None
+    assert math.isclose(sample.totals.rate.orig_bytes_per_s, (n - 200) * 500.0)
+    assert elapsed < 1.0
+
+
+def test_history_shows_polls_without_an_interval_as_none():
+    sampler = Sampler()
+    for t, counters in [(0.0, (0, 0, 0, 0)), (1.0, (10, 0, 1, 0)), (1.0, (10, 0, 1, 0))]:
+        sampler.step(snapshot(t, flow(counters)))
+    sampler.step(snapshot(2.0, flow((30, 0, 2, 0))))
+    assert sampler.history(A) == [None, 10.0, None, 20.0]

@@ -1,0 +1,578 @@
+"""View: the filter language (every term, good and bad), sort keys, group-by, apply()."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from cttop.conntrack.const import (
+    AF_INET,
+    AF_INET6,
+    IPPROTO_GRE,
+    IPPROTO_ICMP,
+    IPPROTO_SCTP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    IPS_ASSURED,
+    IPS_CONFIRMED,
+    IPS_DST_NAT,
+    IPS_OFFLOAD,
+    IPS_SEEN_REPLY,
+    IPS_SRC_NAT,
+)
+from cttop.conntrack.model import Flow, Tuple
+from cttop.sampler import ZERO_RATE, FlowRow, FlowRows, Rate
+from cttop.view import (
+    GROUP_KEYS,
+    SORT_KEYS,
+    FilterError,
+    GroupError,
+    GroupRow,
+    SortError,
+    ViewError,
+    apply,
+    group_rows,
+    parse_filter,
+    service_name,
+    sort_flows,
+    totals_of,
+)
+
+# --- a small table with one flow of each kind ------------------------------------------------
+
+
+def _flow(
+    protonum: int,
+    orig: Tuple,
+    reply: Tuple,
+    *,
+    state: int | None = None,
+    status: int = IPS_SEEN_REPLY,
+    mark: int | None = 0,
+    zone: int = 0,
+    **kw: int | None,
+) -> Flow:
+    family = AF_INET6 if orig.src and ":" in orig.src else AF_INET
+    return Flow(
+        family, protonum, orig, reply, state=state, status=status, mark=mark, zone=zone, **kw
+    )
+
+
+TABLE: dict[str, Flow] = {
+    "web": _flow(
+        IPPROTO_TCP,
+        Tuple("10.0.0.1", "93.184.216.34", 40000, 443),
+        Tuple("93.184.216.34", "10.0.0.1", 443, 40000),
+        state=3,
+        status=IPS_SEEN_REPLY | IPS_ASSURED,
+        mark=0x10,
+    ),
+    "dns": _flow(
+        IPPROTO_UDP,
+        Tuple("10.0.0.2", "10.0.0.53", 5353, 53),
+        Tuple("10.0.0.53", "10.0.0.2", 53, 5353),
+        status=IPS_CONFIRMED,
+    ),
+    "ssh6": _flow(
+        IPPROTO_TCP,
+        Tuple("2001:db8::1", "2001:db8::2", 50000, 22),
+        Tuple("2001:db8::2", "2001:db8::1", 22, 50000),
+        state=7,
+        zone=5,
+    ),
+    "ping": _flow(
+        IPPROTO_ICMP,
+        Tuple("10.0.1.9", "8.8.8.8", icmp_type=8, icmp_code=0, icmp_id=77),
+        Tuple("8.8.8.8", "10.0.1.9", icmp_type=0, icmp_code=0, icmp_id=77),
+    ),
+    "snat": _flow(
+        IPPROTO_TCP,
+        Tuple("192.168.1.10", "1.1.1.1", 33333, 80),
+        Tuple("1.1.1.1", "203.0.113.5", 80, 61000),
+        state=1,
+        status=IPS_CONFIRMED | IPS_SRC_NAT,
+    ),
+    "dnat": _flow(
+        IPPROTO_TCP,
+        Tuple("198.51.100.7", "203.0.113.5", 51000, 8080),
+        Tuple("10.0.0.80", "198.51.100.7", 80, 51000),
+        state=3,
+        status=IPS_SEEN_REPLY | IPS_DST_NAT,
+    ),
+    "sctp": _flow(
+        IPPROTO_SCTP,
+        Tuple("10.0.0.3", "10.0.0.4", 2905, 2905),
+        Tuple("10.0.0.4", "10.0.0.3", 2905, 2905),
+        state=4,
+    ),
+    "gre": _flow(
+        IPPROTO_GRE,
+        Tuple("10.0.0.5", "10.0.0.6", 443, 443),  # GRE keys, not ports
+        Tuple("10.0.0.6", "10.0.0.5", 443, 443),
+    ),
+    "offl": _flow(
+        IPPROTO_TCP,
+        Tuple("10.0.0.7", "10.0.0.8", 1234, 80),
+        Tuple("10.0.0.8", "10.0.0.7", 80, 1234),
+        status=IPS_SEEN_REPLY | IPS_OFFLOAD,
+        mark=None,
+    ),
+}
+ALL = set(TABLE)
+TCP = {"web", "ssh6", "snat", "dnat", "offl"}
+
+
+def matching(expr: str) -> set[str]:
+    pred = parse_filter(expr)
+    return {name for name, f in TABLE.items() if pred(f)}
+
+
+FILTERS: list[tuple[str, set[str]]] = [
+    # protocols
+    ("tcp", TCP),
+    ("TCP", TCP),
+    ("udp", {"dns"}),
+    ("icmp", {"ping"}),
+    ("icmpv6", set()),
+    ("icmp6", set()),
+    ("sctp", {"sctp"}),
+    ("gre", {"gre"}),
+    ("proto:6", TCP),
+    ("proto:47", {"gre"}),
+    ("proto:udp", {"dns"}),
+    ("proto:esp", set()),
+    # states
+    ("state:established", {"web", "dnat", "sctp"}),
+    ("state:Est", {"web", "dnat", "sctp"}),
+    ("state:time", {"ssh6"}),
+    ("state:time-wait", {"ssh6"}),
+    ("state:syn", {"snat"}),
+    ("state:syn_sent", {"snat"}),
+    ("state:close", set()),  # the exact name CLOSE, not CLOSE_WAIT
+    # addresses
+    ("src:10.0.0.0/24", {"web", "dns", "sctp", "gre", "offl"}),
+    ("src:10.0.0.1", {"web"}),
+    ("src:10.0.0.1/32", {"web"}),
+    ("src:10.0.0.1/24", {"web", "dns", "sctp", "gre", "offl"}),  # host bits ignored
+    ("dst:8.8.8.8", {"ping"}),
+    ("dst:10.0.0.0/8", {"dns", "sctp", "gre", "offl"}),
+    ("src:2001:db8::/32", {"ssh6"}),
+    ("src:[2001:db8::1]", {"ssh6"}),
+    ("dst:2001:DB8::2", {"ssh6"}),
+    ("src:0.0.0.0/0", ALL - {"ssh6"}),
+    ("src:::/0", {"ssh6"}),
+    ("host:10.0.0.80", {"dnat"}),  # the DNAT'd server, in the reply tuple
+    ("host:203.0.113.5", {"snat", "dnat"}),
+    ("host:198.51.100.7", {"dnat"}),
+    # ports
+    ("port:443", {"web"}),  # not the GRE key 443
+    ("dport:53", {"dns"}),
+    ("sport:40000", {"web"}),
+    ("dport:domain", {"dns"}),
+    ("dport:https", {"web"}),
+    ("port:80", {"snat", "dnat", "offl"}),  # dnat: the reply comes from port 80
+    ("port:61000", {"snat"}),
+    ("dport:1-100", {"dns", "ssh6", "snat", "offl"}),
+    ("dport:8000-9000", {"dnat"}),
+    ("sport:0-65535", TCP | {"dns", "sctp"}),
+    # mark, zone, family
+    ("mark:0x10", {"web"}),
+    ("mark:16", {"web"}),
+    ("mark:0x10/0xf0", {"web"}),
+    ("mark:0", ALL - {"web", "offl"}),  # offl has no mark at all: n/a is not 0
+    ("mark:0/0xf", ALL - {"offl"}),
+    ("mark:00", ALL - {"web", "offl"}),
+    ("zone:5", {"ssh6"}),
+    ("zone:0", ALL - {"ssh6"}),
+    ("family:ipv6", {"ssh6"}),
+    ("family:inet6", {"ssh6"}),
+    ("ipv6", {"ssh6"}),
+    ("family:ipv4", ALL - {"ssh6"}),
+    ("ipv4", ALL - {"ssh6"}),
+    # flags
+    ("nat", {"snat", "dnat"}),
+    ("snat", {"snat"}),
+    ("dnat", {"dnat"}),
+    ("assured", {"web"}),
+    ("unreplied", {"dns", "snat"}),
+    ("offload", {"offl"}),
+    ("offloaded", {"offl"}),
+    # bare words: text in an address or a port
+    ("8.8", {"ping"}),
+    ("10.0.0.8", {"offl", "dnat"}),
+    ("53", {"dns"}),
+    ("db8", {"ssh6"}),
+    ("2001:db8::2", {"ssh6"}),
+    ("cafe", set()),
+    ("10.0.0.0/8", {"web", "dns", "ping", "sctp", "gre", "offl", "dnat"}),  # a network: host:
+    # negation and combinations
+    ("tcp state:est", {"web", "dnat"}),
+    ("tcp !state:est", {"ssh6", "snat", "offl"}),
+    ("not tcp", ALL - TCP),
+    ("! tcp", ALL - TCP),
+    ("!tcp", ALL - TCP),
+    ("NOT tcp", ALL - TCP),
+    ("not not tcp", TCP),
+    ("!!tcp", TCP),
+    ("tcp not nat", {"web", "ssh6", "offl"}),
+    ("tcp dport:80 !nat", {"offl"}),
+    ("tcp state:est dport:443 src:10.0.0.0/8", {"web"}),
+    ("", ALL),
+    ("   ", ALL),
+]
+
+
+@pytest.mark.parametrize("expr, expected", FILTERS, ids=[e or "<empty>" for e, _ in FILTERS])
+def test_filter(expr, expected):
+    assert matching(expr) == expected
+
+
+BAD_FILTERS: list[tuple[str, str, str]] = [
+    ("foo:bar", "foo:bar", "unknown field 'foo'"),
+    ("tcp state:bogus", "state:bogus", "no TCP, SCTP or DCCP state is called 'bogus'"),
+    ("state:", "state:", "needs a value"),
+    ("src:", "src:", "needs a value"),
+    ("src:10.0.0.300", "src:10.0.0.300", "'10.0.0.300' is not an IPv4 or IPv6 address"),
+    ("dst:example.com", "dst:example.com", "is not an IPv4 or IPv6 address"),
+    ("dst:10.0.0.0/33", "dst:10.0.0.0/33", "prefix length '33' is not a number 0-32"),
+    ("host:::1/129", "host:::1/129", "0-128"),
+    ("host:10.0.0.0/x", "host:10.0.0.0/x", "prefix length 'x'"),
+    ("port:99999", "port:99999", "port 99999 is out of range 0-65535"),
+    ("dport:2000-1000", "dport:2000-1000", "empty: 2000 is above 1000"),
+    ("port:nosuchservice", "port:nosuchservice", "/etc/services"),
+    ("sport:1000-", "sport:1000-", "range like 1000-2000"),
+    ("mark:zz", "mark:zz", "mark 'zz' is not a number"),
+    ("mark:0x11/0x10", "mark:0x11/0x10", "bits outside the mask"),
+    ("mark:0x100000000", "mark:0x100000000", "out of range"),
+    ("mark:1/zz", "mark:1/zz", "mask 'zz' is not a number"),
+    ("zone:70000", "zone:70000", "zone 70000 is out of range 0-65535"),
+    ("family:ipx", "family:ipx", "family is ipv4 or ipv6"),
+    ("proto:300", "proto:300", "out of range 0-255"),
+    ("proto:bogus", "proto:bogus", "unknown protocol 'bogus'"),
+    ("tpc", "tpc", "not a protocol or keyword"),
+    ("tcp estab", "estab", "cannot match an address or a port"),
+    ("not", "not", "nothing after it to negate"),
+    ("tcp !", "!", "nothing after it to negate"),
+    ("tcp !!", "!!", "nothing after it to negate"),
+]
+
+
+@pytest.mark.parametrize("expr, term, why", BAD_FILTERS, ids=[e for e, _, _ in BAD_FILTERS])
+def test_bad_filter_names_the_term_and_why(expr, term, why):
+    with pytest.raises(FilterError) as err:
+        parse_filter(expr)
+    assert err.value.term == term
+    assert why in err.value.why
+    assert str(err.value).startswith(f"filter term {term!r}: ")
+    assert isinstance(err.value, ValueError)  # argparse-friendly
+
+
+def test_filter_on_flows_with_absent_addresses_and_ports():
+    bare = Flow(AF_INET, IPPROTO_TCP, Tuple(None, None), Tuple(None, None))
+    for expr in ("src:10.0.0.0/8", "host:::/0", "port:0-65535", "mark:0", "10", "state:est"):
+        assert parse_filter(expr)(bare) is False
+        assert parse_filter("!" + expr)(bare) is True
+
+
+# --- sorting ----------------------------------------------------------------------------------
+
+
+def _row(i: int, rate: Rate | None = None, **kw) -> FlowRow:
+    """Row number i (the id says which) with fields set on its flow."""
+    orig = Tuple(
+        kw.pop("src", None), kw.pop("dst", None), kw.pop("sport", None), kw.pop("dport", None)
+    )
+    return FlowRow(Flow(AF_INET, kw.pop("protonum", IPPROTO_TCP), orig, orig, id=i, **kw), rate)
+
+
+def ids(rows) -> list[int | None]:
+    return [r.flow.id for r in rows]
+
+
+def r(total: float, reply: float = 0.0) -> Rate:
+    return Rate(total - reply, reply, 1.0, 1.0)
+
+
+RATED = FlowRows.of(
+    [
+        _row(0, r(100.0, 60.0)),
+        _row(1, None),
+        _row(2, r(300.0, 10.0)),
+        _row(3, ZERO_RATE),
+        _row(4, None),
+        _row(5, r(100.0, 100.0)),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    "key, reverse, expected",
+    [
+        ("rate", False, [2, 0, 5, 3, 1, 4]),  # descending; ties keep their order; None last
+        ("rate", True, [3, 0, 5, 2, 1, 4]),  # ascending; None still last
+        ("RATE", False, [2, 0, 5, 3, 1, 4]),
+        ("orig_rate", False, [2, 0, 3, 5, 1, 4]),  # 290, 40, 0, 0
+        ("reply_rate", False, [5, 0, 2, 3, 1, 4]),  # 100, 60, 10, 0
+        ("reply_rate", True, [3, 2, 0, 5, 1, 4]),
+    ],
+)
+def test_sort_by_rate(key, reverse, expected):
+    assert ids(sort_flows(RATED, key, reverse)) == expected
+
+
+ADDRESSES = FlowRows.of(
+    [
+        _row(0, src="10.0.0.10", dst="::1"),
+        _row(1, src="10.0.0.9", dst=None),
+        _row(2, src="2001:db8::1", dst="10.0.0.1"),
+        _row(3, src=None, dst="9.0.0.1"),
+        _row(4, src="::1", dst="2001:db8::"),
+        _row(5, src="9.255.255.255", dst="10.0.0.1"),
+        _row(6, src="192.168.0.1", dst="255.255.255.255"),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    "key, reverse, expected",
+    [
+        # numerically (10.0.0.9 before 10.0.0.10), IPv4 before IPv6 (even ::1), absent last
+        ("src", False, [5, 1, 0, 6, 4, 2, 3]),
+        ("src", True, [2, 4, 6, 0, 1, 5, 3]),
+        ("dst", False, [3, 2, 5, 6, 0, 4, 1]),
+        ("dst", True, [4, 0, 6, 2, 5, 3, 1]),
+    ],
+)
+def test_sort_by_address(key, reverse, expected):
+    assert ids(sort_flows(ADDRESSES, key, reverse)) == expected
+
+
+FIELDS = FlowRows.of(
+    [
+        _row(0, sport=5, dport=80, timeout=10, mark=3, zone=1, start=300, state=3),
+        _row(1, sport=None, dport=443, timeout=None, mark=None, zone=0, start=None, state=None),
+        _row(2, sport=7, dport=22, timeout=5, mark=0, zone=2, start=100, protonum=17),
+        _row(3, sport=5, dport=None, timeout=431999, mark=1, zone=0, start=200, state=1),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    "key, reverse, expected",
+    [
+        ("sport", False, [0, 3, 2, 1]),
+        ("sport", True, [2, 0, 3, 1]),
+        ("dport", False, [2, 0, 1, 3]),
+        ("timeout", False, [2, 0, 3, 1]),  # soonest to expire first
+        ("timeout", True, [3, 0, 2, 1]),
+        ("mark", False, [2, 3, 0, 1]),
+        ("zone", False, [1, 3, 0, 2]),
+        ("age", False, [2, 3, 0, 1]),  # oldest first
+        ("age", True, [0, 3, 2, 1]),
+        ("proto", False, [0, 1, 3, 2]),  # tcp, tcp, tcp, then udp
+        ("state", False, [0, 3, 1, 2]),  # ESTABLISHED, SYN_SENT; row 2 is UDP: no state name
+        ("state", True, [3, 0, 1, 2]),
+        ("id", True, [3, 2, 1, 0]),
+        ("flows", False, [0, 1, 2, 3]),
+    ],
+)
+def test_sort_by_field(key, reverse, expected):
+    assert ids(sort_flows(FIELDS, key, reverse)) == expected
+
+
+def test_sort_by_counters():
+    rows = FlowRows.of(
+        [
+            _row(0, orig_bytes=100, reply_bytes=900, orig_packets=1, reply_packets=1),
+            _row(1),  # accounting off
+            _row(2, orig_bytes=5000, reply_bytes=0, orig_packets=9, reply_packets=0),
+            _row(3, orig_bytes=10, reply_bytes=10, orig_packets=4, reply_packets=7),
+        ]
+    )
+    assert ids(sort_flows(rows, "bytes")) == [2, 0, 3, 1]
+    assert ids(sort_flows(rows, "bytes", reverse=True)) == [3, 0, 2, 1]
+    assert ids(sort_flows(rows, "packets")) == [3, 2, 0, 1]
+
+
+def test_sort_with_limit_and_errors():
+    assert ids(sort_flows(RATED, "rate", limit=2)) == [2, 0]
+    assert ids(sort_flows(RATED, "rate", limit=0)) == []
+    assert ids(sort_flows([], "src")) == []
+    with pytest.raises(SortError, match="unknown sort key 'speed'"):
+        sort_flows(RATED, "speed")
+    assert set(SORT_KEYS) >= {
+        "rate", "orig_rate", "reply_rate", "bytes", "packets", "age", "timeout", "proto",
+        "state", "src", "dst", "sport", "dport", "mark", "zone", "id",
+    }  # fmt: skip
+
+
+# --- group-by ---------------------------------------------------------------------------------
+
+GROUPABLE = FlowRows.of(
+    [
+        _row(0, r(100.0, 40.0), src="10.0.0.1", dst="10.0.0.9", dport=443, state=3,
+             orig_bytes=10, reply_bytes=20, orig_packets=1, reply_packets=2, mark=1),
+        _row(1, None, src="10.0.0.2", dst="10.0.0.9", dport=443, state=3,
+             orig_bytes=5, reply_bytes=5, orig_packets=1, reply_packets=1, mark=1),
+        _row(2, r(50.0, 50.0), src="10.0.0.1", dst="10.0.0.9", dport=22, state=7,
+             orig_bytes=1, reply_bytes=2, orig_packets=3, reply_packets=4, mark=2),
+        _row(3, None, src="10.0.0.1", dst="10.0.0.8", protonum=IPPROTO_ICMP, zone=3),
+        _row(4, ZERO_RATE, src="2001:db8::5", dst="10.0.0.9", dport=53, protonum=IPPROTO_UDP,
+             orig_bytes=7, reply_bytes=0, orig_packets=1, reply_packets=0),
+    ]
+)  # fmt: skip
+
+
+def test_group_by_src():
+    groups = group_rows(GROUPABLE, "src")
+    assert [g.key for g in groups] == ["10.0.0.1", "10.0.0.2", "2001:db8::5"]  # first seen
+    g = groups[0]
+    assert (g.flows, g.src, g.dst) == (3, "10.0.0.1", None)
+    assert g.rate == Rate(60.0 + 0.0, 40.0 + 50.0, 2.0, 2.0)
+    assert (g.orig_bytes, g.reply_bytes, g.orig_packets, g.reply_packets) == (11, 22, 4, 6)
+    assert groups[1].rate is None  # its only flow has no rate
+    assert groups[2].rate == ZERO_RATE
+    assert g.label == "10.0.0.1"
+
+
+def test_group_by_dport_is_per_protocol_with_service_names():
+    groups = {g.key: g for g in group_rows(GROUPABLE, "service")}
+    assert set(groups) == {(6, 443), (6, 22), (1, None), (17, 53)}
+    assert groups[(6, 443)].flows == 2
+    assert groups[(6, 443)].label == "tcp/443 (https)"
+    assert groups[(6, 22)].label == "tcp/22 (ssh)"
+    assert groups[(17, 53)].label == "udp/53 (domain)"
+    assert groups[(1, None)].label == "icmp"
+    assert (groups[(6, 443)].protonum, groups[(6, 443)].dport) == (6, 443)
+
+
+def test_group_by_pair_state_proto_mark_zone():
+    pairs = {g.key: g for g in group_rows(GROUPABLE, "pair")}
+    assert pairs[("10.0.0.1", "10.0.0.9")].flows == 2
+    assert pairs[("10.0.0.1", "10.0.0.9")].label == "10.0.0.1 → 10.0.0.9"
+    states = {g.key: g.flows for g in group_rows(GROUPABLE, "state")}
+    assert states == {"ESTABLISHED": 2, "TIME_WAIT": 1, None: 2}
+    protos = {g.label: g.flows for g in group_rows(GROUPABLE, "proto")}
+    assert protos == {"tcp": 3, "icmp": 1, "udp": 1}
+    assert {g.key: g.flows for g in group_rows(GROUPABLE, "mark")} == {1: 2, 2: 1, None: 2}
+    assert {g.key: g.flows for g in group_rows(GROUPABLE, "zone")} == {0: 4, 3: 1}
+    assert [g.label for g in group_rows(GROUPABLE, "state")][-1] == "-"
+
+
+def test_groups_sort_like_flows():
+    def keys(sort: str, reverse: bool = False, group: str = "src") -> list:
+        return [g.key for g in group_rows(GROUPABLE, group, sort, reverse)]
+
+    assert keys("rate") == ["10.0.0.1", "2001:db8::5", "10.0.0.2"]  # 150, 0, absent
+    assert keys("rate", reverse=True) == ["2001:db8::5", "10.0.0.1", "10.0.0.2"]
+    assert keys("flows") == ["10.0.0.1", "10.0.0.2", "2001:db8::5"]
+    assert keys("bytes") == ["10.0.0.1", "10.0.0.2", "2001:db8::5"]  # 33, 10, 7
+    assert keys("src", reverse=True) == ["2001:db8::5", "10.0.0.2", "10.0.0.1"]
+    # a key the group does not determine orders by the group key itself
+    assert keys("sport", reverse=True) == ["2001:db8::5", "10.0.0.2", "10.0.0.1"]
+    assert keys("dst", group="pair") == [
+        ("10.0.0.1", "10.0.0.8"),
+        ("10.0.0.1", "10.0.0.9"),
+        ("10.0.0.2", "10.0.0.9"),
+        ("2001:db8::5", "10.0.0.9"),
+    ]
+    assert keys("proto", group="dport") == [(1, None), (6, 443), (6, 22), (17, 53)]
+    assert keys("dport", group="dport") == [(6, 22), (17, 53), (6, 443), (1, None)]
+    assert keys("state", group="state") == ["ESTABLISHED", "TIME_WAIT", None]
+
+
+def test_group_errors():
+    with pytest.raises(GroupError, match="unknown group-by 'host'"):
+        group_rows(GROUPABLE, "host")
+    with pytest.raises(GroupError):
+        group_rows(GROUPABLE, "none")
+    assert set(GROUP_KEYS) == {
+        "none",
+        "src",
+        "dst",
+        "dport",
+        "pair",
+        "proto",
+        "state",
+        "mark",
+        "zone",
+    }
+
+
+def test_group_row_fields():
+    g = GroupRow("zone", 3, 1, None, None, None, None, None, zone=3)
+    assert g.label == "3"
+    assert service_name(443) == "https"
+    assert service_name(1) in (None, "tcpmux")
+    assert service_name(70000) is None
+
+
+# --- apply --------------------------------------------------------------------------------------
+
+
+def test_apply_filters_sorts_limits_and_sums():
+    result = apply(GROUPABLE, filter="tcp", sort="rate", limit=1)
+    assert ids(result.rows) == [0]
+    assert result.matched == 3  # tcp flows, before the limit
+    assert result.all_flows == 5
+    t = result.totals  # of the three TCP flows, whatever the limit
+    assert t.flows == 3
+    assert t.rate == Rate(60.0, 90.0, 2.0, 2.0)
+    assert t.no_rate == 1
+    assert (t.orig_bytes, t.reply_bytes, t.orig_packets, t.reply_packets) == (16, 27, 5, 7)
+    assert (t.bytes, t.packets) == (43, 12)
+
+
+def test_apply_groups():
+    result = apply(GROUPABLE, filter="!icmp", group="dst", sort="flows")
+    assert [(g.key, g.flows) for g in result.rows] == [("10.0.0.9", 4)]
+    assert result.matched == 1
+    assert result.totals.flows == 4
+    assert result.totals.rate == Rate(60.0, 90.0, 2.0, 2.0)
+
+
+def test_apply_accepts_a_predicate_and_plain_rows():
+    pred = parse_filter("dport:443")
+    result = apply(list(GROUPABLE), filter=pred, sort="src")
+    assert ids(result.rows) == [0, 1]
+    assert isinstance(result.rows, FlowRows)
+
+
+def test_apply_totals_without_counters_or_rates_are_none():
+    t = apply(GROUPABLE, filter="icmp").totals
+    assert (t.flows, t.rate, t.bytes, t.packets, t.no_rate) == (1, None, None, None, 1)
+    t = totals_of([])
+    assert (t.flows, t.rate, t.orig_bytes) == (0, None, None)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"filter": "bogus:1"}, FilterError),
+        ({"sort": "speed"}, SortError),
+        ({"group": "host"}, GroupError),
+        ({"limit": -1}, ViewError),
+    ],
+)
+def test_apply_errors(kwargs, error):
+    with pytest.raises(error):
+        apply(GROUPABLE, **kwargs)
+
+
+def test_engine_modules_do_not_import_textual():
+    code = "import sys, cttop.sampler, cttop.view; sys.exit('textual' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_state_exact_name_wins_over_longer_names():
+    close = TABLE["web"]._replace(state=8)  # TCP CLOSE
+    close_wait = TABLE["web"]._replace(state=5)  # TCP CLOSE_WAIT
+    closed = TABLE["sctp"]._replace(state=1)  # SCTP CLOSED
+    exact = parse_filter("state:close")
+    assert (exact(close), exact(close_wait), exact(closed)) == (True, False, False)
+    prefix = parse_filter("state:close_")
+    assert (prefix(close), prefix(close_wait), prefix(closed)) == (False, True, False)
+    dccp_open = Flow(AF_INET, 33, Tuple("10.0.0.1", "10.0.0.2", 1, 2), Tuple(None, None), state=4)
+    assert parse_filter("state:open")(dccp_open)
