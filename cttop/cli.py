@@ -10,14 +10,26 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import NoReturn, TextIO
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn, TextIO
 
 from cttop import __version__
 from cttop.conntrack.client import ConntrackClient, ConntrackError
-from cttop.fmt import csv_rows, csv_text, sample_json, text_table
+from cttop.conntrack.model import Snapshot
+from cttop.fmt import (
+    csv_rows,
+    csv_text,
+    groups_csv,
+    groups_json,
+    groups_text,
+    sample_json,
+    text_table,
+)
 from cttop.netlink import enter_netns
+from cttop.record import RecordingError, ReplaySource, demo_source
 from cttop.sampler import Sample, Sampler
+from cttop.source import LiveSource, Source
+from cttop.view import GROUP_KEYS, SORT_KEYS, ViewError, ViewResult, apply, parse_filter
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -59,6 +71,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _speed(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive factor, e.g. 2 or 0.5: {text!r}")
+    return value
+
+
 def _netns_name(text: str) -> str:
     if not text or "/" in text or text in (".", ".."):
         raise argparse.ArgumentTypeError(
@@ -88,9 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-d",
         "--delay",
         type=_positive_float,
-        default=1.0,
         metavar="SECONDS",
-        help="seconds between samples (default 1)",
+        help="seconds between samples (default 1; a replay keeps the recording's own spacing)",
     )
     p.add_argument(
         "-o",
@@ -100,6 +121,71 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch output format (default text); json is one object per line per sample",
     )
     p.add_argument("--bits", action="store_true", help="show rates in bits per second")
+    p.add_argument(
+        "-f",
+        "--filter",
+        default="",
+        metavar="EXPR",
+        help="show only flows matching EXPR, e.g. 'tcp state:est dport:443 not src:10.0.0.0/8'",
+    )
+    p.add_argument(
+        "-s",
+        "--sort",
+        default="rate",
+        metavar="KEY",
+        help=f"sort key: {', '.join(SORT_KEYS)} (default rate)",
+    )
+    p.add_argument("-r", "--reverse", action="store_true", help="reverse the sort order")
+    p.add_argument(
+        "-g",
+        "--group",
+        default="none",
+        metavar="BY",
+        help=f"group rows by: {', '.join(GROUP_KEYS)} (default none)",
+    )
+    p.add_argument(
+        "-l", "--limit", type=_positive_int, metavar="K", help="batch: at most K rows per sample"
+    )
+    p.add_argument("--read-only", action="store_true", help="never delete flows (disables d and D)")
+    p.add_argument(
+        "--keymap",
+        default="",
+        metavar="ID=KEYS,...",
+        help="rebind keys by id (see the help screen), e.g. 'quit=ctrl+q;pause=p'",
+    )
+    rec = p.add_argument_group("recording and replay")
+    rec.add_argument(
+        "--record",
+        metavar="FILE",
+        help="also write every poll, as the kernel's raw netlink messages, to FILE (pcap, "
+        "LINKTYPE_NETLINK; gzip-compressed if FILE ends in .gz); without -b it records quietly "
+        "and prints one summary line at the end",
+    )
+    rec.add_argument(
+        "--duration",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="stop after SECONDS (the polls at 0, d, 2d, … up to SECONDS); instead of -n",
+    )
+    played = rec.add_mutually_exclusive_group()
+    played.add_argument(
+        "--replay",
+        metavar="FILE",
+        help="play a recording instead of reading the kernel (no root needed)",
+    )
+    played.add_argument(
+        "--demo",
+        action="store_true",
+        help="play the recording that ships with cttop (no root needed; loops in the "
+        "interactive view, plays once in batch mode unless -n asks for more)",
+    )
+    rec.add_argument(
+        "--speed",
+        type=_speed,
+        metavar="X",
+        help="replay at X times the recorded pace (default: real time in the interactive view; "
+        "batch mode prints as fast as it can unless --speed is given)",
+    )
     ns = p.add_mutually_exclusive_group()
     ns.add_argument(
         "--netns",
@@ -130,48 +216,226 @@ def _enter_namespace(args: argparse.Namespace) -> None:
         raise CliError(f"cannot enter {label}: {os.strerror(e.errno or errno.EIO)}") from None
 
 
+def _view_rows(args: argparse.Namespace, sample: Sample) -> tuple[Any, ViewResult]:
+    result = apply(
+        sample.rows,
+        filter=args.predicate,
+        sort=args.sort,
+        reverse=args.reverse,
+        group=args.group,
+        limit=args.limit,
+    )
+    return result.rows, result
+
+
 def _renderer(args: argparse.Namespace) -> Callable[[Sample, bool], str]:
+    grouped = args.group != "none"
     if args.output == "json":
-        return lambda sample, first: sample_json(sample) + "\n"
+
+        def as_json(sample: Sample, first: bool) -> str:
+            rows, _ = _view_rows(args, sample)
+            if grouped:
+                return groups_json(sample, rows, args.group) + "\n"
+            return sample_json(sample, rows) + "\n"
+
+        return as_json
     if args.output == "csv":
-        return lambda sample, first: csv_text(csv_rows(sample), header=first)
 
-    def text(sample: Sample, first: bool) -> str:
-        return ("" if first else "\n") + text_table(sample, bits=args.bits)
+        def as_csv(sample: Sample, first: bool) -> str:
+            rows, _ = _view_rows(args, sample)
+            if grouped:
+                return groups_csv(sample, rows, header=first)
+            return csv_text(csv_rows(sample, rows), header=first)
 
-    return text
+        return as_csv
+
+    def as_text(sample: Sample, first: bool) -> str:
+        rows, _ = _view_rows(args, sample)
+        sep = "" if first else "\n"
+        if grouped:
+            return sep + groups_text(sample, rows, bits=args.bits)
+        return sep + text_table(sample, rows, bits=args.bits)
+
+    return as_text
+
+
+def _replaying(args: argparse.Namespace) -> bool:
+    return bool(args.replay is not None or args.demo)
+
+
+def _check_source_options(args: argparse.Namespace) -> None:
+    """Options that do not go together are usage errors; fills in the default delay."""
+
+    def usage(message: str) -> NoReturn:
+        raise CliError(f"{message} (see cttop --help)", EXIT_USAGE)
+
+    if args.iterations is not None and args.duration is not None:
+        usage("-n and --duration both say when to stop: give one")
+    if _replaying(args):
+        what = "--demo" if args.demo else "--replay"
+        if args.netns or args.netns_path:
+            usage(f"{what} plays a recording: --netns/--netns-path do not apply")
+        if args.record is not None:
+            usage(f"--record records the live table, not {what}")
+        if args.delay is not None:
+            usage(f"{what} keeps the recording's own spacing: -d does not apply (see --speed)")
+        if args.duration is not None:
+            usage(f"--duration does not apply to {what} (use -n)")
+    elif args.speed is not None:
+        usage("--speed applies to --replay and --demo")
+    if args.delay is None:
+        args.delay = 1.0
+
+
+def _replay_source(args: argparse.Namespace, loop: bool) -> ReplaySource:
+    speed = args.speed or 1.0
+    source = demo_source(speed, loop) if args.demo else ReplaySource(args.replay, speed, loop)
+    if source.warning:
+        print(f"cttop: warning: {source.warning}", file=sys.stderr)
+    return source
+
+
+def _polls(args: argparse.Namespace, source: Source) -> Iterator[Snapshot]:
+    """The snapshots of a batch run, paced, until -n / --duration / the end of a recording."""
+    limit = args.iterations
+    if isinstance(source, ReplaySource):
+        # The output does not depend on the pace (times come from the file): a script gets it
+        # at once, unless --speed asks for the recording's pace.
+        due = time.monotonic()
+        i = 0
+        while (limit is None or i < limit) and not source.at_end:
+            if i and args.speed is not None:
+                due += source.delay()
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            yield source.snapshot()
+            i += 1
+        return
+    if args.duration is not None:
+        limit = math.floor(args.duration / args.delay + 1e-9) + 1
+    i = 0
+    start = time.monotonic()
+    while limit is None or i < limit:
+        if i:
+            # Keep the cadence: a slow dump shortens the sleep instead of adding to it.
+            wait = start + i * args.delay - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        snapshot = source.snapshot()
+        if isinstance(source, LiveSource) and source.recording_error is not None:
+            raise CliError(str(source.recording_error))
+        yield snapshot
+        i += 1
+
+
+def _live_source(args: argparse.Namespace) -> LiveSource:
+    """The kernel's table, recording to --record FILE if given. Permission and kernel errors
+    come out here as one line, before a recording file is made or the screen changes."""
+    client = ConntrackClient()
+    try:
+        client.probe()
+        source = LiveSource(client)
+        if args.record is not None:
+            source.start_recording(args.record)
+    except BaseException:
+        client.close()
+        raise
+    return source
+
+
+def _source(args: argparse.Namespace, loop: bool) -> LiveSource | ReplaySource:
+    return _replay_source(args, loop) if _replaying(args) else _live_source(args)
 
 
 def run_batch(args: argparse.Namespace, out: TextIO) -> int:
     render = _renderer(args)
     sampler = Sampler()
-    with ConntrackClient() as client:
-        i = 0
-        start = time.monotonic()
-        while args.iterations is None or i < args.iterations:
-            if i:
-                # Keep the cadence: a slow dump shortens the sleep instead of adding to it.
-                wait = start + i * args.delay - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-            sample = sampler.step(client.snapshot())
+    # A demo loops only when -n asks for more polls than it holds.
+    with _source(args, loop=args.demo) as source:
+        for i, snapshot in enumerate(_polls(args, source)):
+            sample = sampler.step(snapshot)
             out.write(render(sample, i == 0))
             out.flush()
-            i += 1
     return EXIT_OK
+
+
+def run_record(args: argparse.Namespace) -> int:
+    """`--record FILE` without -b: record quietly until -n/--duration or Ctrl-C (the file is
+    whole either way), then one summary line on stderr."""
+    with _live_source(args) as source:
+        recorder = source.recorder
+        assert recorder is not None
+        try:
+            for _ in _polls(args, source):
+                pass
+        except KeyboardInterrupt:
+            pass  # the way to end an open-ended recording, like tcpdump -w
+        source.stop_recording()
+    size = os.path.getsize(recorder.path) if os.path.exists(recorder.path) else 0
+    print(
+        f"cttop: recorded {recorder.polls} polls ({recorder.last_flows} flows in the last) "
+        f"to {recorder.path} ({size / 1e6:.1f} MB)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _parse_keymap(text: str) -> dict[str, str]:
+    keymap: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        bid, sep, keys = item.partition("=")
+        if not sep or not bid.strip() or not keys.strip():
+            raise CliError(f"--keymap: expected ID=KEYS, got {item!r}", EXIT_USAGE)
+        keymap[bid.strip()] = keys.strip()
+    return keymap
+
+
+def _check_view_options(args: argparse.Namespace) -> None:
+    """Bad --filter/--sort/--group are usage errors, reported before anything starts."""
+    try:
+        args.predicate = parse_filter(args.filter) if args.filter.strip() else None
+        apply([], filter=args.predicate, sort=args.sort, group=args.group)
+    except ViewError as e:
+        raise CliError(str(e), EXIT_USAGE) from None
+
+
+def run_tui(args: argparse.Namespace) -> int:
+    if not sys.stdout.isatty() or not sys.stdin.isatty():
+        raise CliError("the interactive view needs a terminal; use -b for batch output", EXIT_USAGE)
+    from cttop.tui.app import CttopApp, ViewSettings
+
+    source = _source(args, loop=args.demo)
+    settings = ViewSettings(
+        expr=args.filter.strip(), sort=args.sort, reverse=args.reverse, group=args.group
+    )
+    app = CttopApp(
+        source,
+        interval=args.delay,
+        settings=settings,
+        read_only=args.read_only,
+        keymap=_parse_keymap(args.keymap),
+    )
+    try:
+        app.run()
+    finally:
+        source.close()
+    return app.return_code or EXIT_OK
 
 
 def run(argv: Sequence[str] | None, out: TextIO) -> int:
     args = build_parser().parse_args(argv)
-    if not args.batch:
-        raise CliError(
-            "the interactive view is not available in this build yet; use -b for batch output",
-            EXIT_USAGE,
-        )
+    _check_view_options(args)
+    _check_source_options(args)
+    _parse_keymap(args.keymap)
     _enter_namespace(args)
     try:
-        return run_batch(args, out)
-    except ConntrackError as e:
+        if args.batch:
+            return run_batch(args, out)
+        if args.record is not None:
+            return run_record(args)  # until the interactive view records too
+        return run_tui(args)
+    except (ConntrackError, RecordingError) as e:
         raise CliError(str(e)) from None
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from cttop.conntrack.const import IPPROTO_ICMP, IPPROTO_ICMPV6
 from cttop.conntrack.model import Flow, Tuple
 from cttop.sampler import FlowRow, Rate, Sample
+from cttop.view import GroupRow
 
 ABSENT = "-"
 
@@ -318,6 +319,105 @@ def text_table(sample: Sample, rows: Iterable[FlowRow] | None = None, bits: bool
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
             c.rjust(widths[i]) if i in _RIGHT else c.ljust(widths[i]) for i, c in enumerate(cells)
+        ).rstrip()
+
+    lines = [summary_line(sample, bits), "", line(header)]
+    lines.extend(line(r) for r in body)
+    return "\n".join(lines) + "\n"
+
+
+# --- grouped output (--group) ------------------------------------------------------------
+
+GROUP_FIELDS = ("src", "dst", "protonum", "dport", "state", "mark", "zone")
+GROUP_COUNTERS = ("orig_bytes", "reply_bytes", "orig_packets", "reply_packets")
+
+
+def group_json(g: GroupRow) -> dict[str, Any]:
+    obj: dict[str, Any] = {"key": g.label, "flows": g.flows}
+    for name in GROUP_FIELDS:
+        obj[name] = getattr(g, name)
+    for name in GROUP_COUNTERS:
+        obj[name] = getattr(g, name)
+    obj["rate"] = rate_json(g.rate)
+    return obj
+
+
+def _sample_header(sample: Sample) -> dict[str, Any]:
+    snap = sample.snapshot
+    return {
+        "time": snap.time_wall,
+        "interval": sample.interval,
+        "count": snap.table_count if snap.table_count is not None else len(snap.flows),
+        "max": snap.table_max,
+    }
+
+
+def groups_json(sample: Sample, groups: Sequence[GroupRow], mode: str) -> str:
+    obj = _sample_header(sample)
+    obj["group"] = mode
+    obj["groups"] = [group_json(g) for g in groups]
+    return json.dumps(obj, separators=(",", ":"))
+
+
+GROUP_CSV_COLUMNS = (
+    "time",
+    "group",
+    "key",
+    "flows",
+    *GROUP_FIELDS,
+    *GROUP_COUNTERS,
+    "orig_bytes_per_s",
+    "reply_bytes_per_s",
+    "orig_packets_per_s",
+    "reply_packets_per_s",
+)
+
+
+def groups_csv(sample: Sample, groups: Sequence[GroupRow], header: bool) -> str:
+    t = f"{sample.snapshot.time_wall:.3f}"
+    rows = []
+    for g in groups:
+        r = rate_json(g.rate) or {}
+        row = [t, g.group, g.label, g.flows]
+        row += [getattr(g, n) for n in GROUP_FIELDS]
+        row += [getattr(g, n) for n in GROUP_COUNTERS]
+        row += [r.get(k) for k in GROUP_CSV_COLUMNS[-4:]]
+        rows.append([_cell(v) for v in row])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if header:
+        w.writerow(GROUP_CSV_COLUMNS)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def groups_text(sample: Sample, groups: Sequence[GroupRow], bits: bool = False) -> str:
+    header = ["GROUP", "FLOWS", "ORIG/s", "REPLY/s", "PKT/s", "BYTES"]
+    body = []
+    for g in groups:
+        rate = g.rate
+        pkts = None if rate is None else rate.orig_packets_per_s + rate.reply_packets_per_s
+        nbytes = None
+        if g.orig_bytes is not None or g.reply_bytes is not None:
+            nbytes = (g.orig_bytes or 0) + (g.reply_bytes or 0)
+        body.append(
+            [
+                g.label,
+                str(g.flows),
+                human_rate(None if rate is None else rate.orig_bytes_per_s, bits),
+                human_rate(None if rate is None else rate.reply_bytes_per_s, bits),
+                ABSENT if pkts is None else f"{pkts:.1f}",
+                human(nbytes),
+            ]
+        )
+    widths = [len(h) for h in header]
+    for row in body:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells)
         ).rstrip()
 
     lines = [summary_line(sample, bits), "", line(header)]

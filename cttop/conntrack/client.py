@@ -20,6 +20,7 @@ from cttop.netlink import (
     NFGENMSG,
     NLM_F_ACK,
     NLM_F_DUMP,
+    NLMSG_DONE,
     NLMSG_HDR,
     DumpStats,
     Message,
@@ -29,6 +30,7 @@ from cttop.netlink import (
     attr,
     iter_attrs,
     nest,
+    split_datagram,
 )
 
 _CT = c.NFNL_SUBSYS_CTNETLINK << 8
@@ -124,6 +126,18 @@ class DumpFilter:
 RawSink = Callable[[bytes], None]
 
 
+class _TapSocket(NetlinkSocket):
+    """Keeps the last datagram it received: the dump's NLMSG_DONE is consumed by
+    `NetlinkSocket.responses`, and a recording wants its bytes too."""
+
+    last_datagram = b""
+
+    def recv_datagram(self) -> bytes:
+        data = super().recv_datagram()
+        self.last_datagram = data
+        return data
+
+
 class ConntrackClient:
     """One ctnetlink session. Not thread-safe: one request at a time.
 
@@ -140,7 +154,7 @@ class ConntrackClient:
     def _open(self) -> NetlinkSocket:
         if self._sock is None:
             try:
-                self._sock = NetlinkSocket()
+                self._sock = _TapSocket()
             except NetlinkErrno as e:
                 raise _explain(e) from None
         return self._sock
@@ -184,7 +198,7 @@ class ConntrackClient:
         """Stream the table. Malformed messages are skipped and counted in stats.malformed.
 
         `raw_sink`, when given, receives every message's bytes exactly as the kernel sent
-        them (for recordings).
+        them (for recordings), the closing NLMSG_DONE included.
         """
         stats = stats if stats is not None else DumpStats()
         flt = self.filter
@@ -207,16 +221,31 @@ class ConntrackClient:
                 continue
             yield flow
         self.decoder.end()
+        if raw_sink is not None:
+            sock = self._sock
+            if isinstance(sock, _TapSocket):
+                for msg in split_datagram(sock.last_datagram, DumpStats()):
+                    if msg.type == NLMSG_DONE and msg.seq == sock.seq:
+                        raw_sink(msg.raw())
 
-    def table_size(self) -> tuple[int | None, int | None]:
+    def probe(self) -> None:
+        """Ask the kernel one small question, so that a missing permission or a kernel without
+        ctnetlink is reported before anything else starts."""
+        for _ in self._request(c.IPCTNL_MSG_CT_GET_STATS, 0, nfgenmsg(0), DumpStats()):
+            pass
+
+    def table_size(self, raw_sink: RawSink | None = None) -> tuple[int | None, int | None]:
         """(nf_conntrack_count, nf_conntrack_max) of this socket's namespace.
 
         Asked of ctnetlink (IPCTNL_MSG_CT_GET_STATS); /proc/sys/net/netfilter of the
-        calling thread's namespace is the fallback for kernels without it.
+        calling thread's namespace is the fallback for kernels without it. `raw_sink` receives
+        the kernel's reply message (nothing when the fallback was used).
         """
         count = maximum = None
         try:
             for msg in self._request(c.IPCTNL_MSG_CT_GET_STATS, 0, nfgenmsg(0), DumpStats()):
+                if raw_sink is not None:
+                    raw_sink(msg.raw())
                 for t, s, e, _n in iter_attrs(msg.buf, msg.off + _PAYLOAD, msg.end):
                     if e - s == 4 and t == c.CTA_STATS_GLOBAL_ENTRIES:
                         count = struct.unpack_from(">I", msg.buf, s)[0]
@@ -245,7 +274,12 @@ class ConntrackClient:
         return totals
 
     def snapshot(self, with_stats: bool = False, raw_sink: RawSink | None = None) -> Snapshot:
-        """One poll: the deduplicated table plus its count and max, timestamped."""
+        """One poll: the deduplicated table plus its count and max, timestamped.
+
+        `raw_sink` receives the poll's messages as the kernel sent them, in order: the dump's
+        messages, its NLMSG_DONE, then the IPCTNL_MSG_CT_GET_STATS reply (when the kernel
+        answered it) — what a recording stores (cttop.record).
+        """
         stats = DumpStats()
         flows: dict[FlowKey, Flow] = {}
         # Nothing built here can form a cycle; without this the collector would walk the
@@ -260,7 +294,7 @@ class ConntrackClient:
             if gc_was_enabled:
                 gc.enable()
         mono, wall = time.monotonic(), time.time()
-        count, maximum = self.table_size()
+        count, maximum = self.table_size(raw_sink) if raw_sink is not None else self.table_size()
         cpu = None
         if with_stats:
             try:

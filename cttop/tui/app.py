@@ -1,0 +1,707 @@
+"""The live TUI. Polls run in a thread worker and the next poll is armed only after the last one
+is on screen, so polls never overlap and a slow dump stretches the interval instead of piling
+up. The UI thread renders; it never parses netlink and never walks the whole table.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, ClassVar, Protocol
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.timer import Timer
+from textual.widgets import Footer, Input
+
+from cttop.conntrack.const import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_STATES
+from cttop.conntrack.model import Flow, Snapshot
+from cttop.sampler import FlowRows, Sample, Sampler
+from cttop.tui.columns import FLOW_COLUMNS, GROUP_COLUMNS, Options
+from cttop.tui.header import Header, HeaderState, notices_for
+from cttop.tui.keys import bindings
+from cttop.tui.screens import ConfirmScreen, DetailScreen, HelpScreen, SortScreen
+from cttop.tui.table import ColumnHeader, FlowTable, SortRequested
+from cttop.view import (
+    GROUP_KEYS,
+    SORT_KEYS,
+    FilterError,
+    GroupRow,
+    Predicate,
+    ViewResult,
+    apply,
+    parse_filter,
+)
+
+
+class Source(Protocol):
+    """Where snapshots come from: the live table or a recording."""
+
+    def snapshot(self) -> Snapshot: ...
+
+
+INTERVALS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
+PROTO_CYCLE: tuple[str | None, ...] = (None, "tcp", "udp", "icmp", "other")
+STATE_CYCLE: tuple[str | None, ...] = (None, *(s for s in TCP_STATES if s != "NONE"), "NONE")
+GROUP_CYCLE = tuple(GROUP_KEYS)
+
+_PROTO_PREDICATES: dict[str, Predicate] = {
+    "tcp": lambda f: f.protonum == IPPROTO_TCP,
+    "udp": lambda f: f.protonum == IPPROTO_UDP,
+    "icmp": lambda f: f.protonum in (IPPROTO_ICMP, IPPROTO_ICMPV6),
+    "other": lambda f: f.protonum not in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6),
+}
+
+
+@dataclass(frozen=True)
+class ViewSettings:
+    """What the operator asked to see. Replaced whole, never mutated: workers read it safely."""
+
+    proto: str | None = None
+    state: str | None = None
+    expr: str = ""
+    sort: str = "rate"
+    reverse: bool = False
+    group: str = "none"
+
+    def describe(self) -> str:
+        parts = []
+        if self.proto:
+            parts.append(self.proto if self.proto != "other" else "other protocols")
+        if self.state:
+            parts.append(f"state {self.state}")
+        if self.expr:
+            parts.append(self.expr)
+        return " · ".join(parts)
+
+    def predicate(self) -> Predicate | None:
+        preds: list[Predicate] = []
+        if self.proto:
+            preds.append(_PROTO_PREDICATES[self.proto])
+        if self.state:
+            name = self.state
+            preds.append(lambda f: f.state_name == name)
+        if self.expr:
+            preds.append(parse_filter(self.expr))
+        if not preds:
+            return None
+        if len(preds) == 1:
+            return preds[0]
+        return lambda f: all(p(f) for p in preds)
+
+
+@dataclass
+class Shown:
+    """A sample through the view, as computed in a worker."""
+
+    sample: Sample
+    settings: ViewSettings
+    result: ViewResult
+    cursor: int | None  # index of the selected key in result.rows, if found
+
+
+def _row_key(row: Any) -> Any:
+    if isinstance(row, Flow):
+        return row.key
+    if isinstance(row, GroupRow):
+        return (row.group, row.key)
+    return None
+
+
+def _find(result: ViewResult, key: Any) -> int | None:
+    if key is None:
+        return None
+    rows = result.rows
+    if isinstance(rows, FlowRows):
+        for i, f in enumerate(rows.flows):
+            if f.key == key:
+                return i
+        return None
+    for i, g in enumerate(rows):
+        if (g.group, g.key) == key:
+            return i
+    return None
+
+
+class Resolver:
+    """Reverse DNS in the background: never blocks a frame, each address asked once."""
+
+    def __init__(self, on_done: Callable[[], None]) -> None:
+        self.cache: dict[str, str | None] = {}
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cttop-dns")
+        self.on_done = on_done
+
+    def name(self, addr: str | None) -> str | None:
+        if addr is None:
+            return None
+        if addr in self.cache:
+            return self.cache[addr]
+        self.cache[addr] = None
+        self.pool.submit(self._lookup, addr)
+        return None
+
+    def _lookup(self, addr: str) -> None:
+        try:
+            name = socket.gethostbyaddr(addr)[0]
+        except (OSError, UnicodeError):
+            return
+        self.cache[addr] = name
+        self.on_done()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class CttopCommands(Provider):
+    """Command palette entries for the view: sort, group, protocol, modes."""
+
+    def _commands(self) -> Iterator[tuple[str, Callable[[], Any], str]]:
+        app = self.app
+        assert isinstance(app, CttopApp)
+        for key in SORT_KEYS.values():
+            yield (f"Sort by {key.name}", partial(app.set_sort, key.name), key.help)
+        for mode, help_text in GROUP_KEYS.items():
+            yield (f"Group by {mode}", partial(app.set_group, mode), help_text)
+        for proto in PROTO_CYCLE:
+            yield (
+                f"Protocol: {proto or 'all'}",
+                partial(app.set_proto, proto),
+                "show only this protocol",
+            )
+        yield ("Reverse sort", app.action_reverse, "flip the sort direction")
+        yield ("Pause / resume", app.action_pause, "freeze the data")
+        yield ("Bits / bytes", app.action_bits, "show rates in bits or bytes per second")
+        yield ("Resolve names", app.action_names, "reverse DNS for addresses")
+        yield ("Clear filters", app.clear_filters, "show every flow")
+
+    async def discover(self) -> Hits:
+        for name, cb, help_text in self._commands():
+            yield DiscoveryHit(name, cb, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, cb, help_text in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), cb, help=help_text)
+
+
+class CttopApp(App[int]):
+    CSS_PATH = "cttop.tcss"
+    TITLE = "cttop"
+    BINDINGS: ClassVar[list[Binding | tuple[str, str] | tuple[str, str, str]]] = [*bindings()]
+    COMMANDS = App.COMMANDS | {CttopCommands}
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        interval: float = 1.0,
+        settings: ViewSettings | None = None,
+        label: str = "",
+        read_only: bool = False,
+        keymap: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.interval = interval
+        self.settings = settings or ViewSettings()
+        self.label = label or f"{socket.gethostname()} · kernel {os.uname().release}"
+        self.read_only = read_only
+        self.sampler = Sampler()
+        self.shown: Shown | None = None
+        self.selected_key: Any = None
+        self.paused = False
+        self.bits = False
+        self.resolver: Resolver | None = None
+        self.poll_ms: float | None = None
+        self.stretched = False
+        self.error: str | None = None
+        self.errors = 0
+        self.polls = 0
+        self._poll_timer: Timer | None = None
+        self._polling = False
+        self.detail: DetailScreen | None = None
+        self.following = False  # the cursor follows its flow once the operator moved it
+        self._keymap = keymap or {}
+
+    # --- layout -----------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header(id="header")
+        yield Input(
+            placeholder="filter: tcp state:est dport:443 not src:10.0.0.0/8 …", id="filter-bar"
+        )
+        yield ColumnHeader(id="columns")
+        yield FlowTable(id="flows")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        if self._keymap:
+            self.set_keymap(self._keymap)
+        self.query_one(FlowTable).focus()
+        bar = self.query_one("#filter-bar", Input)
+        bar.display = False
+        bar.value = self.settings.expr
+        self.set_interval(1.0, self._tick_clock)
+        self._render_header()
+        self.poll()
+
+    def on_unmount(self) -> None:
+        if self.resolver is not None:
+            self.resolver.close()
+
+    # --- polling ----------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """Start one poll unless one is running (the guard that keeps polls from overlapping)."""
+        if self._polling:
+            return
+        if self._poll_timer is not None:
+            self._poll_timer.stop()
+            self._poll_timer = None
+        self._polling = True
+        self._poll_worker(self.settings, self.selected_key)
+
+    @work(thread=True, group="poll", exit_on_error=False)
+    def _poll_worker(self, settings: ViewSettings, key: Any) -> None:
+        started = time.monotonic()
+        try:
+            snapshot = self.source.snapshot()
+            sample = self.sampler.step(snapshot)
+            shown = self._compute(sample, settings, key)
+        except Exception as e:  # shown in the header; polling goes on
+            self.call_from_thread(self._poll_failed, e, time.monotonic() - started)
+            return
+        self.call_from_thread(self._poll_done, shown, time.monotonic() - started)
+
+    def _compute(self, sample: Sample, settings: ViewSettings, key: Any) -> Shown:
+        try:
+            pred = settings.predicate()
+        except FilterError:
+            pred = None
+        result = apply(
+            sample.rows,
+            filter=pred,
+            sort=settings.sort,
+            reverse=settings.reverse,
+            group=settings.group,
+        )
+        return Shown(sample, settings, result, _find(result, key))
+
+    def _poll_done(self, shown: Shown, took: float) -> None:
+        self._polling = False
+        self.polls += 1
+        self.poll_ms = took * 1000
+        self.stretched = took > self.interval
+        self.error = None
+        self._show(shown)
+        if shown.settings != self.settings or (
+            shown.cursor is None and self.selected_key is not None
+        ):
+            self._reapply()
+        self._arm(took)
+
+    def _poll_failed(self, error: Exception, took: float) -> None:
+        self._polling = False
+        self.errors += 1
+        self.error = str(error) or type(error).__name__
+        self.poll_ms = took * 1000
+        self._render_header()
+        self._arm(took)
+
+    def _arm(self, took: float) -> None:
+        if self.paused:
+            return
+        self._poll_timer = self.set_timer(max(0.05, self.interval - took), self.poll)
+
+    # --- the view ---------------------------------------------------------------------
+
+    def _reapply(self) -> None:
+        """Recompute the view of the current sample (a key changed the settings)."""
+        if self.shown is None:
+            self._render_header()
+            return
+        self._view_worker(self.shown.sample, self.settings, self.selected_key)
+
+    @work(thread=True, exclusive=True, group="view", exit_on_error=False)
+    def _view_worker(self, sample: Sample, settings: ViewSettings, key: Any) -> None:
+        shown = self._compute(sample, settings, key)
+        self.call_from_thread(self._view_done, shown)
+
+    def _view_done(self, shown: Shown) -> None:
+        if self.shown is not None and shown.sample.step < self.shown.sample.step:
+            return  # a newer poll already arrived
+        if shown.settings != self.settings:
+            return  # the operator changed something again: a newer worker is on its way
+        self._show(shown)
+
+    def _options(self, sample: Sample) -> Options:
+        names = self.resolver.name if self.resolver is not None else None
+        return Options(bits=self.bits, names=names, now=sample.time_wall)
+
+    def _show(self, shown: Shown) -> None:
+        self.shown = shown
+        table = self.query_one(FlowTable)
+        columns = GROUP_COLUMNS if shown.settings.group != "none" else FLOW_COLUMNS
+        cursor = shown.cursor if self.following else 0
+        if cursor is None and self.selected_key is not None:
+            cursor = _find(shown.result, self.selected_key)
+        table.set_rows(shown.result.rows, columns, self._options(shown.sample), cursor)
+        self._update_selected(table.cursor)
+        self._render_header()
+        if self.detail is not None:
+            self._refresh_detail()
+
+    def _render_header(self) -> None:
+        s = self.settings
+        shown = self.shown
+        sample = shown.sample if shown else None
+        state = HeaderState(
+            label=self.label,
+            interval=self.interval,
+            poll_ms=self.poll_ms,
+            paused=self.paused,
+            recording=self._recording_label(),
+            error=self.error,
+            errors=self.errors,
+            filter_text=s.describe(),
+            sort=s.sort,
+            descending=SORT_KEYS[s.sort].descending != s.reverse,
+            group=s.group,
+            shown=shown.result.matched if shown else None,
+            matched_flows=shown.result.totals.flows if shown else None,
+            bits=self.bits,
+            notices=notices_for(sample) if sample else [],
+            clock=self._clock(),
+            stretched=self.stretched,
+        )
+        self.query_one(Header).update(sample, state)
+        table = self.query_one(FlowTable)
+        self.query_one(ColumnHeader).set_columns(table.cols, s.sort, state.descending)
+
+    def _clock(self) -> float | None:
+        clock = getattr(self.source, "clock", None)
+        return clock() if callable(clock) else None
+
+    def _recording_label(self) -> str | None:
+        rec = getattr(self.source, "recording", None)
+        return str(rec) if rec else None
+
+    def _tick_clock(self) -> None:
+        self._render_header()
+
+    def _update_selected(self, index: int) -> None:
+        row = self.query_one(FlowTable).row_at(index)
+        self.selected_key = _row_key(row[0]) if row else None
+
+    def on_flow_table_highlighted(self, event: FlowTable.Highlighted) -> None:
+        # Until the operator moves the cursor, it stays on the top row (the busiest flow);
+        # after that it follows the flow they picked.
+        self.following = True
+        self._update_selected(event.index)
+
+    def on_sort_requested(self, event: SortRequested) -> None:
+        self.set_sort(event.sort)
+
+    # --- settings changes -------------------------------------------------------------
+
+    def _change(self, **changes: Any) -> None:
+        self.settings = replace(self.settings, **changes)
+        self._render_header()
+        self._reapply()
+
+    def set_sort(self, sort: str) -> None:
+        if sort == self.settings.sort:
+            self._change(reverse=not self.settings.reverse)
+        else:
+            self._change(sort=sort, reverse=False)
+
+    def set_group(self, group: str) -> None:
+        self._change(group=group)
+
+    def set_proto(self, proto: str | None) -> None:
+        self._change(proto=proto)
+
+    def clear_filters(self) -> None:
+        self.query_one("#filter-bar", Input).value = ""
+        self._change(proto=None, state=None, expr="")
+
+    def action_cycle_proto(self) -> None:
+        i = PROTO_CYCLE.index(self.settings.proto)
+        self._change(proto=PROTO_CYCLE[(i + 1) % len(PROTO_CYCLE)])
+
+    def action_toggle_proto(self, proto: str) -> None:
+        self._change(proto=None if self.settings.proto == proto else proto)
+
+    def action_cycle_state(self) -> None:
+        i = STATE_CYCLE.index(self.settings.state)
+        self._change(state=STATE_CYCLE[(i + 1) % len(STATE_CYCLE)])
+
+    def action_cycle_group(self) -> None:
+        i = GROUP_CYCLE.index(self.settings.group)
+        self._change(group=GROUP_CYCLE[(i + 1) % len(GROUP_CYCLE)])
+
+    def action_reverse(self) -> None:
+        self._change(reverse=not self.settings.reverse)
+
+    def action_sort_step(self, step: int) -> None:
+        keys = [c.sort for c, _w in self.query_one(FlowTable).cols if c.sort]
+        if not keys:
+            return
+        current = self.settings.sort if self.settings.sort in keys else keys[0]
+        if self.settings.sort == "rate" and "orig_rate" in keys:
+            current = "orig_rate"
+        nxt = keys[(keys.index(current) + step) % len(keys)]
+        self._change(sort=nxt, reverse=False)
+
+    def action_choose_sort(self) -> None:
+        def chosen(sort: str | None) -> None:
+            if sort:
+                self._change(sort=sort, reverse=False)
+
+        self.push_screen(SortScreen(self.settings.sort), chosen)
+
+    def action_filter(self) -> None:
+        bar = self.query_one("#filter-bar", Input)
+        bar.display = True
+        bar.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id != "filter-bar":
+            return
+        text = event.value.strip()
+        try:
+            parse_filter(text)
+        except FilterError as e:
+            event.input.border_subtitle = str(e)
+            event.input.add_class("-invalid")
+            return
+        event.input.border_subtitle = ""
+        event.input.remove_class("-invalid")
+        if text != self.settings.expr:
+            self._change(expr=text)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter-bar":
+            if not event.input.has_class("-invalid"):
+                event.input.display = False
+            self.query_one(FlowTable).focus()
+
+    def on_key(self, event: Any) -> None:
+        bar = self.query_one("#filter-bar", Input)
+        if event.key == "escape" and bar.has_focus:
+            bar.value = ""
+            bar.display = False
+            self.query_one(FlowTable).focus()
+            event.stop()
+
+    def action_pause(self) -> None:
+        self.paused = not self.paused
+        if self.paused:
+            if self._poll_timer is not None:
+                self._poll_timer.stop()
+                self._poll_timer = None
+        else:
+            self.poll()
+        self._render_header()
+
+    def action_interval(self, step: int) -> None:
+        i = min(range(len(INTERVALS)), key=lambda k: abs(INTERVALS[k] - self.interval))
+        self.interval = INTERVALS[max(0, min(len(INTERVALS) - 1, i + step))]
+        self._render_header()
+        if self._poll_timer is not None and not self._polling:
+            self._poll_timer.stop()
+            self._poll_timer = self.set_timer(self.interval, self.poll)
+
+    def action_bits(self) -> None:
+        self.bits = not self.bits
+        self._redraw()
+
+    def action_names(self) -> None:
+        if self.resolver is None:
+            self.resolver = Resolver(lambda: self.call_from_thread(self._redraw))
+        else:
+            self.resolver.close()
+            self.resolver = None
+        self._redraw()
+
+    def _redraw(self) -> None:
+        if self.shown is not None:
+            table = self.query_one(FlowTable)
+            table.set_rows(table.rows, table.columns, self._options(self.shown.sample))
+        self._render_header()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    # --- detail -----------------------------------------------------------------------
+
+    def on_flow_table_chosen(self, event: FlowTable.Chosen) -> None:
+        self._open(event.index)
+
+    def action_detail(self) -> None:
+        self._open(self.query_one(FlowTable).cursor)
+
+    def _open(self, index: int) -> None:
+        row = self.query_one(FlowTable).row_at(index)
+        if row is None or self.shown is None:
+            return
+        item, rate = row
+        if isinstance(item, GroupRow):
+            self._drill_down(item)
+            return
+        screen = DetailScreen(
+            item, rate, self.sampler.history(item.key), self.shown.sample.time_wall, self.bits
+        )
+        self.detail = screen
+
+        def closed(_: None) -> None:
+            self.detail = None
+
+        self.push_screen(screen, closed)
+
+    def _refresh_detail(self) -> None:
+        if self.detail is None or self.shown is None:
+            return
+        key = self.detail.flow.key
+        row = self.shown.sample.row(key)
+        self.detail.update_flow(
+            row.flow if row else None,
+            row.rate if row else None,
+            self.sampler.history(key),
+            self.shown.sample.time_wall,
+        )
+
+    def _drill_down(self, g: GroupRow) -> None:
+        """Enter on a group: show its flows."""
+        terms = {
+            "src": lambda: [f"src:{g.src}"],
+            "dst": lambda: [f"dst:{g.dst}"],
+            "pair": lambda: [f"src:{g.src}", f"dst:{g.dst}"],
+            "dport": lambda: (
+                [f"proto:{g.protonum}"] + ([f"dport:{g.dport}"] if g.dport is not None else [])
+            ),
+            "proto": lambda: [f"proto:{g.protonum}"],
+            "state": lambda: [f"state:{g.state}"] if g.state else [],
+            "mark": lambda: [f"mark:{g.mark}"] if g.mark is not None else [],
+            "zone": lambda: [f"zone:{g.zone}"] if g.zone is not None else [],
+        }[g.group]()
+        expr = " ".join([self.settings.expr, *terms]).strip()
+        self.query_one("#filter-bar", Input).value = expr
+        self._change(group="none", expr=expr)
+
+    # --- delete -----------------------------------------------------------------------
+
+    def _deleter(self) -> Callable[[Flow], bool] | None:
+        if self.read_only:
+            self.notify("read-only: deleting is disabled (--read-only)", severity="warning")
+            return None
+        delete = getattr(self.source, "delete", None)
+        if delete is None:
+            self.notify("this source cannot delete flows (a recording?)", severity="warning")
+            return None
+        return delete  # type: ignore[no-any-return]
+
+    def action_delete(self) -> None:
+        row = self.query_one(FlowTable).row_at(self.query_one(FlowTable).cursor)
+        if row is None or not isinstance(row[0], Flow):
+            self.notify("select a flow first (not a group)", severity="warning")
+            return
+        delete = self._deleter()
+        if delete is None:
+            return
+        flow: Flow = row[0]
+        from cttop.fmt import tuple_ends
+
+        src, dst = tuple_ends(flow, flow.orig)
+        question = f"Delete 1 flow?\n\n{flow.proto} {src} → {dst}"
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._delete_worker([flow], delete)
+
+        self.push_screen(ConfirmScreen(question), answered)
+
+    def action_delete_matching(self) -> None:
+        if self.shown is None:
+            return
+        delete = self._deleter()
+        if delete is None:
+            return
+        rows = self.shown.result.rows
+        if not isinstance(rows, FlowRows):
+            self.notify("leave the grouped view to delete flows", severity="warning")
+            return
+        flows = list(rows.flows)
+        what = self.settings.describe()
+        if what:
+            question = f"Delete all {len(flows):,} flows matching “{what}”?"
+        else:
+            question = f"No filter is set: delete ALL {len(flows):,} flows in the table?"
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._delete_worker(flows, delete)
+
+        self.push_screen(ConfirmScreen(question), answered)
+
+    @work(thread=True, group="delete", exit_on_error=False)
+    def _delete_worker(self, flows: list[Flow], delete: Callable[[Flow], bool]) -> None:
+        deleted = gone = 0
+        try:
+            for f in flows:
+                if delete(f):
+                    deleted += 1
+                else:
+                    gone += 1
+        except Exception as e:
+            self.call_from_thread(self.notify, f"delete failed: {e}", severity="error")
+            return
+        msg = f"deleted {deleted:,} flow{'s' if deleted != 1 else ''}"
+        if gone:
+            msg += f" ({gone:,} already gone)"
+        self.call_from_thread(self.notify, msg)
+
+    # --- recording and replay (when the source supports them) ---------------------------
+
+    def action_record(self) -> None:
+        toggle = getattr(self.source, "toggle_recording", None)
+        if toggle is None:
+            self.notify("this source cannot record", severity="warning")
+            return
+        try:
+            message = toggle()
+        except Exception as e:
+            self.notify(f"recording failed: {e}", severity="error")
+            return
+        if message:
+            self.notify(str(message))
+        self._render_header()
+
+    def action_replay_step(self, step: int) -> None:
+        seek = getattr(self.source, "step", None)
+        if seek is None:
+            self.notify("stepping works on a replay (--replay/--demo)", severity="warning")
+            return
+        if not self.paused:
+            self.action_pause()
+        seek(step)
+        self._polling = False
+        self.poll()
+
+    def action_replay_jump(self, where: int) -> None:
+        jump = getattr(self.source, "jump", None)
+        if jump is None:
+            self.notify("jumping works on a replay (--replay/--demo)", severity="warning")
+            return
+        jump(where)
+        self.sampler.reset()
+        self.poll()
