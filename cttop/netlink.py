@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import queue
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from typing import Final
 
@@ -173,6 +175,126 @@ def split_datagram(data: bytes, stats: DumpStats) -> Iterator[Message]:
         stats.malformed += 1
 
 
+def frame_answer(
+    data: bytes, seq: int, stats: DumpStats
+) -> tuple[list[tuple[int, int]], tuple[int, int] | None]:
+    """Frame one datagram of the answer to request `seq`.
+
+    Returns the (start, end) of each data message, and of the message that ended the answer
+    (NLMSG_DONE or an ACK) if this datagram holds it. Negative errnos in NLMSG_ERROR or
+    NLMSG_DONE raise NetlinkErrno; framing errors and other sequence numbers are counted.
+    """
+    out: list[tuple[int, int]] = []
+    off = 0
+    n = len(data)
+    unpack = NLMSG_HDR.unpack_from
+    hdr = NLMSG_HDR.size
+    while n - off >= hdr:
+        length, t, flags, mseq, _pid = unpack(data, off)
+        end = off + length
+        if length < hdr or end > n:
+            # Nothing after a bad length can be trusted: the next header's place is unknown.
+            stats.malformed += 1
+            return out, None
+        if mseq != seq:
+            stats.stale += 1
+        elif t >= NLMSG_MIN_TYPE:
+            if flags & NLM_F_DUMP_INTR:
+                stats.interrupted = True
+            stats.messages += 1
+            out.append((off, end))
+        elif t == NLMSG_DONE:
+            if length >= hdr + 4:
+                (err,) = NLMSGERR.unpack_from(data, off + hdr)
+                if err < 0:
+                    raise NetlinkErrno(-err, "dump")
+            return out, (off, end)
+        elif t == NLMSG_ERROR:
+            if length < hdr + 4:
+                stats.malformed += 1
+            else:
+                (err,) = NLMSGERR.unpack_from(data, off + hdr)
+                if err < 0:
+                    raise NetlinkErrno(-err)
+                return out, (off, end)  # an ACK
+        elif t == NLMSG_OVERRUN:
+            raise NetlinkErrno(errno.ENOBUFS, "netlink overrun")
+        # NLMSG_NOOP and reserved control types: nothing to do
+        off += (length + 3) & ~3
+    if off < n and n - off >= 4:
+        stats.malformed += 1
+    return out, None
+
+
+def _ends_answer(data: bytes, seq: int) -> bool:
+    """Does this datagram hold the message that ends the answer to `seq` (done, error,
+    overrun)? The receiving thread asks this to know when to stop; the consumer still checks
+    everything properly in frame_answer. Broken framing is not an end: the kernel goes on.
+    """
+    off = 0
+    n = len(data)
+    unpack = _LEN_TYPE_SEQ.unpack_from
+    while n - off >= 16:
+        length, t, _flags, mseq = unpack(data, off)
+        if length < 16 or off + length > n:
+            return False
+        if NLMSG_ERROR <= t <= NLMSG_OVERRUN and mseq == seq:
+            return True
+        off += (length + 3) & ~3
+    return False
+
+
+_LEN_TYPE_SEQ: Final = struct.Struct("=IHHI")
+
+
+class _Receiver(threading.Thread):
+    """Receives the datagrams of one answer ahead of the consumer (bounded: 64 datagrams)."""
+
+    def __init__(self, nl: NetlinkSocket, seq: int) -> None:
+        super().__init__(name="cttop-netlink-recv", daemon=True)
+        self.nl = nl
+        self.seq = seq
+        self.queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=64)
+        self.stopping = False
+
+    def run(self) -> None:
+        try:
+            while not self.stopping:
+                data = self.nl.recv_datagram()
+                self._put(data)
+                if _ends_answer(data, self.seq):
+                    return
+        except BaseException as e:  # handed to the consumer, raised there
+            self._put(e)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self.stopping:
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def get(self) -> bytes:
+        while True:
+            try:
+                item = self.queue.get(timeout=0.2)
+                break
+            except queue.Empty:
+                if not self.is_alive() and self.queue.empty():
+                    raise NetlinkError("netlink receiver stopped without an answer") from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self) -> None:
+        """The consumer is done (or gave up): let the thread finish. If it is blocked in
+        recv() on an abandoned dump, the socket's owner closes the socket."""
+        self.stopping = True
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout=0.05)
+
+
 class NetlinkSocket:
     """A NETLINK_NETFILTER (by default) socket that sends requests and reads the answers.
 
@@ -196,6 +318,10 @@ class NetlinkSocket:
             raise NetlinkErrno(e.errno or errno.EIO, "netlink bind") from None
         self.seq = int.from_bytes(os.urandom(2), "little") + 1
         self.buffer = bytearray(RECV_BUFFER)
+        # A receiving thread must notice when its socket is closed under it (an abandoned
+        # dump); close() alone does not wake a blocked recv(), so recv waits in slices.
+        self.sock.settimeout(1.0)
+        self.closed = False
 
     def _set_rcvbuf(self, size: int) -> None:
         # SO_RCVBUFFORCE lets root exceed net.core.rmem_max; fall back quietly.
@@ -210,6 +336,7 @@ class NetlinkSocket:
             self.sock.setsockopt(SOL_NETLINK, opt, value)
 
     def close(self) -> None:
+        self.closed = True
         self.sock.close()
 
     def __enter__(self) -> NetlinkSocket:
@@ -240,6 +367,10 @@ class NetlinkSocket:
                 break
             except InterruptedError:
                 continue
+            except TimeoutError:
+                if getattr(self, "closed", False):
+                    raise NetlinkError("netlink socket closed while receiving") from None
+                continue
             except OSError as e:
                 raise NetlinkErrno(e.errno or errno.EIO, "netlink receive") from None
         if n > len(buf):
@@ -258,35 +389,44 @@ class NetlinkSocket:
         while True:
             data = self.recv_datagram()
             stats.datagrams += 1
-            for msg in split_datagram(data, stats):
-                if msg.seq != seq:
-                    stats.stale += 1
-                    continue
-                t = msg.type
-                if t == NLMSG_DONE:
-                    if msg.end - msg.off >= NLMSG_HDR.size + 4:
-                        (err,) = NLMSGERR.unpack_from(data, msg.payload_off)
-                        if err < 0:
-                            raise NetlinkErrno(-err, "dump")
-                    return
-                if t == NLMSG_ERROR:
-                    if msg.end - msg.off < NLMSG_HDR.size + 4:
-                        stats.malformed += 1
-                        continue
-                    (err,) = NLMSGERR.unpack_from(data, msg.payload_off)
-                    if err < 0:
-                        raise NetlinkErrno(-err)
-                    return  # an ACK
-                if t == NLMSG_NOOP:
-                    continue
-                if t == NLMSG_OVERRUN:
-                    raise NetlinkErrno(errno.ENOBUFS, "netlink overrun")
-                if msg.flags & NLM_F_DUMP_INTR:
-                    stats.interrupted = True
-                stats.messages += 1
-                yield msg
+            offsets, ending = frame_answer(data, seq, stats)
+            for off, end in offsets:
+                _l, msg_type, flags, mseq, _p = NLMSG_HDR.unpack_from(data, off)
+                yield Message(data, off, end, msg_type, flags, mseq)
                 if not multi:
                     return
+            if ending is not None:
+                return
+
+    def dump_datagrams(
+        self, seq: int, stats: DumpStats, threaded: bool = True
+    ) -> Iterator[tuple[bytes, list[tuple[int, int]], tuple[int, int] | None]]:
+        """The answer to dump request `seq`, one datagram at a time, framed:
+        (data, [(start, end) of each data message], (start, end) of the closing message or None).
+
+        With `threaded`, another thread receives while the caller decodes: the kernel builds
+        each datagram inside recv(), which releases the GIL, so its work and ours overlap.
+        """
+        if not threaded:
+            while True:
+                data = self.recv_datagram()
+                stats.datagrams += 1
+                offsets, ending = frame_answer(data, seq, stats)
+                yield data, offsets, ending
+                if ending is not None:
+                    return
+        receiver = _Receiver(self, seq)
+        receiver.start()
+        try:
+            while True:
+                data = receiver.get()
+                stats.datagrams += 1
+                offsets, ending = frame_answer(data, seq, stats)
+                yield data, offsets, ending
+                if ending is not None:
+                    return
+        finally:
+            receiver.stop()
 
     def request(
         self, msg_type: int, flags: int, payload: bytes, stats: DumpStats | None = None

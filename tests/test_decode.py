@@ -13,7 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cttop.conntrack import const as c
-from cttop.conntrack.decode import DecodeError, decode_flow, decode_message, decode_tuple
+from cttop.conntrack.decode import (
+    DecodeError,
+    FastDecoder,
+    decode_flow,
+    decode_message,
+    decode_tuple,
+)
 from cttop.conntrack.model import Flow, Tuple
 from cttop.netlink import NLA_F_NESTED, NLA_F_NET_BYTEORDER, NetlinkError, attr, message, nest
 from tests import ctgen
@@ -412,6 +418,26 @@ def test_decode_respects_bounds(case: Good) -> None:
     assert decode_message(buf, len(junk), len(junk) + len(msg)) == case.expected
 
 
+@pytest.mark.parametrize("case", GOOD, ids=[case.id for case in GOOD])
+def test_fast_decoder_good(case: Good) -> None:
+    """The dump decodes with FastDecoder: the first message teaches it the shape, later ones
+    of that shape take the compiled path. Both must give the reference's Flow."""
+    dec = FastDecoder()
+    for _ in range(3):
+        dec.begin()
+        assert dec.decode(case.attrs, 0, len(case.attrs), case.family) == case.expected
+        dec.end()
+
+
+def test_absent_is_none_not_zero() -> None:
+    """Only the two tuples: every optional field is None (n/a), never 0; the zone is 0."""
+    flow = decode_flow(TUPLES4, 0, len(TUPLES4), V4)
+    optional = set(Flow._fields) - {"family", "protonum", "orig", "reply", "zone"}
+    assert {name: getattr(flow, name) for name in optional} == dict.fromkeys(optional)
+    assert flow.zone == 0
+    assert flow.orig.zone is None and flow.reply.icmp_type is None
+
+
 def test_decode_tuple_returns_protonum() -> None:
     body = orig4()[4:]
     assert decode_tuple(body, 0, len(body)) == (O4, c.IPPROTO_TCP)
@@ -611,6 +637,17 @@ def test_decode_flow_bad(case: Bad) -> None:
     """The same bodies straight into decode_flow (what ConntrackClient.dump calls)."""
     with pytest.raises(DecodeError):
         decode_flow(case.msg, 20, len(case.msg), V4)
+
+
+@pytest.mark.parametrize("case", BAD_ATTRS, ids=[case.id for case in BAD_ATTRS])
+def test_fast_decoder_bad(case: Bad) -> None:
+    """FastDecoder refuses what the reference refuses, also after learning the good shape."""
+    dec = FastDecoder()
+    good = flow_message(TUPLES4 + be32(c.CTA_STATUS, 8))
+    assert dec.decode(good, 20, len(good), V4) == BASE4._replace(status=8)
+    for _ in range(2):
+        with pytest.raises(DecodeError):
+            dec.decode(case.msg, 20, len(case.msg), V4)
 
 
 def test_decode_error_is_a_netlink_error() -> None:

@@ -447,7 +447,7 @@ def test_fuzz_mutated_messages(data: bytes) -> None:
     check_all(data)
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=600)
 @given(soup_messages())
 def test_fuzz_attribute_soup(data: bytes) -> None:
     check_all(data)
@@ -592,12 +592,15 @@ class FakeSock:
 
 
 def fake_netlink(datagrams: list[bytes], cls: type[NetlinkSocket] = NetlinkSocket) -> NetlinkSocket:
-    """A NetlinkSocket (or subclass) whose kernel is a FakeSock; the next request gets SEQ."""
-    nl = object.__new__(cls)
+    """A real NetlinkSocket (or subclass) whose kernel is a FakeSock; the next request gets SEQ.
+
+    Built by its own __init__ (so every attribute it sets is there), then the AF_NETLINK
+    socket is swapped for the fake.
+    """
+    nl = cls()
+    nl.sock.close()
     nl.sock = FakeSock(datagrams)  # type: ignore[assignment]
-    nl.pid = 4242
     nl.seq = SEQ - 1
-    nl.buffer = bytearray(RECV_BUFFER)
     return nl
 
 
@@ -682,7 +685,8 @@ def test_dump_survives_malformed_stale_and_cut() -> None:
     # the request: one CT_GET dump for both families, with the sequence number answered
     (req,) = sock.sent
     length, msg_type, flags, seq, pid = NLMSG_HDR.unpack_from(req)
-    assert (length, msg_type, seq, pid) == (len(req), CT_GET, SEQ, 4242)
+    assert client._sock is not None
+    assert (length, msg_type, seq, pid) == (len(req), CT_GET, SEQ, client._sock.pid)
     assert flags == NLM_F_REQUEST | NLM_F_DUMP
     assert req[16] == c.AF_UNSPEC
     assert client._sock is not None and not sock.closed  # a clean end keeps the socket

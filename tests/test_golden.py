@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,6 @@ from cttop.netlink import (
     NLM_F_MULTI,
     NLMSG_HDR,
     DumpStats,
-    Message,
     align4,
     iter_attrs,
 )
@@ -367,30 +366,52 @@ def test_mix_covers_every_tcp_state_and_both_families(golden: Golden) -> None:
 # --- a dump that repeats entries -------------------------------------------------------------
 
 
-class _RepeatingDump(ConntrackClient):
+class _FakeKernel:
+    """Stands in for the netlink socket: answers the next request with given datagrams."""
+
+    def __init__(self, datagrams: list[bytes]) -> None:
+        self.datagrams = datagrams
+
+    def sendto(self, data: bytes, addr: object) -> int:
+        return len(data)
+
+    def recv_into(self, buf: bytearray, nbytes: int, flags: int = 0) -> int:
+        data = self.datagrams.pop(0)
+        buf[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
+def _with_seq(data: bytes, seq: int) -> bytes:
+    """The golden messages renumbered to answer request `seq`."""
+    out = bytearray()
+    for msg in split_messages(data, DumpStats()):
+        raw = bytearray(msg.raw())
+        struct.pack_into("=I", raw, 8, seq)
+        out += raw + b"\0" * (-len(raw) % 4)
+    return bytes(out)
+
+
+def _repeating_client(data: bytes) -> ConntrackClient:
     """A client whose dump is the golden capture with every entry sent twice, as a dump that
-    the table changed under may do; no socket."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        super().__init__()
-
-    def _open(self) -> Any:
-        return None  # never asked for: dump_messages and table_size are replaced
-
-    def dump_messages(self, stats: DumpStats | None = None) -> Iterator[Message]:
-        stats = stats if stats is not None else DumpStats()
-        for _ in range(2):
-            yield from split_messages(self._data, stats)
-
-    def table_size(self) -> tuple[int | None, int | None]:
-        return None, None
+    the table changed under may do; no kernel involved."""
+    client = ConntrackClient()
+    sock = client._open()
+    sock.sock.close()
+    seq = sock.seq + 1
+    body = _with_seq(data, seq)
+    done = struct.pack("=IHHIIi", 20, 3, 2, seq, 0, 0)  # NLMSG_DONE, NLM_F_MULTI
+    sock.sock = _FakeKernel([body, body, done])  # type: ignore[assignment]
+    return client
 
 
 def test_repeated_entries_appear_once_in_the_json_output(golden: Golden) -> None:
-    client = _RepeatingDump(golden.data)
     stats = DumpStats()
-    assert sum(1 for _ in client.dump(stats)) == 2 * golden.meta["flows"]
+    assert sum(1 for _ in _repeating_client(golden.data).dump(stats)) == 2 * golden.meta["flows"]
+    client = _repeating_client(golden.data)
+    client.table_size = lambda raw_sink=None: (None, None)  # type: ignore[method-assign]
     line = json.loads(sample_json(Sampler().step(client.snapshot())))
     flows = line["flows"]
     keys = [(f["zone"], json.dumps(f["orig"], sort_keys=True), f["id"]) for f in flows]

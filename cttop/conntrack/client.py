@@ -20,7 +20,6 @@ from cttop.netlink import (
     NFGENMSG,
     NLM_F_ACK,
     NLM_F_DUMP,
-    NLMSG_DONE,
     NLMSG_HDR,
     DumpStats,
     Message,
@@ -30,11 +29,11 @@ from cttop.netlink import (
     attr,
     iter_attrs,
     nest,
-    split_datagram,
 )
 
 _CT = c.NFNL_SUBSYS_CTNETLINK << 8
 _PAYLOAD = NLMSG_HDR.size + NFGENMSG.size
+_FAMILY = NLMSG_HDR.size  # nfgen_family: the first byte after the netlink header
 
 
 class ConntrackError(Exception):
@@ -126,18 +125,6 @@ class DumpFilter:
 RawSink = Callable[[bytes], None]
 
 
-class _TapSocket(NetlinkSocket):
-    """Keeps the last datagram it received: the dump's NLMSG_DONE is consumed by
-    `NetlinkSocket.responses`, and a recording wants its bytes too."""
-
-    last_datagram = b""
-
-    def recv_datagram(self) -> bytes:
-        data = super().recv_datagram()
-        self.last_datagram = data
-        return data
-
-
 class ConntrackClient:
     """One ctnetlink session. Not thread-safe: one request at a time.
 
@@ -154,7 +141,7 @@ class ConntrackClient:
     def _open(self) -> NetlinkSocket:
         if self._sock is None:
             try:
-                self._sock = _TapSocket()
+                self._sock = NetlinkSocket()
             except NetlinkErrno as e:
                 raise _explain(e) from None
         return self._sock
@@ -192,41 +179,60 @@ class ConntrackClient:
         payload = nfgenmsg(self.filter.family) + self.filter.request_attrs()
         yield from self._request(c.IPCTNL_MSG_CT_GET, NLM_F_DUMP, payload, stats)
 
-    def dump(
+    def dump_batches(
         self, stats: DumpStats | None = None, raw_sink: RawSink | None = None
-    ) -> Iterator[Flow]:
-        """Stream the table. Malformed messages are skipped and counted in stats.malformed.
+    ) -> Iterator[list[Flow]]:
+        """The table, one list of flows per received datagram (the fast path of a poll).
 
-        `raw_sink`, when given, receives every message's bytes exactly as the kernel sent
-        them (for recordings), the closing NLMSG_DONE included.
+        Malformed messages are skipped and counted in stats.malformed. `raw_sink`, when given,
+        receives every message's bytes exactly as the kernel sent them, the closing
+        NLMSG_DONE included (for recordings).
         """
         stats = stats if stats is not None else DumpStats()
         flt = self.filter
         check = not flt.empty
         decode = self.decoder.decode
+        sock = self._open()
+        payload = nfgenmsg(flt.family) + flt.request_attrs()
+        finished = False
         self.decoder.begin()
-        for msg in self.dump_messages(stats):
-            if raw_sink is not None:
-                raw_sink(msg.raw())
-            if msg.end - msg.off < _PAYLOAD:
-                stats.malformed += 1
-                continue
-            family = msg.buf[msg.off + NLMSG_HDR.size]
-            try:
-                flow = decode(msg.buf, msg.off + _PAYLOAD, msg.end, family)
-            except DecodeError:
-                stats.malformed += 1
-                continue
-            if check and not flt.match(flow):
-                continue
-            yield flow
-        self.decoder.end()
-        if raw_sink is not None:
-            sock = self._sock
-            if isinstance(sock, _TapSocket):
-                for msg in split_datagram(sock.last_datagram, DumpStats()):
-                    if msg.type == NLMSG_DONE and msg.seq == sock.seq:
-                        raw_sink(msg.raw())
+        try:
+            seq = sock.send(_CT | c.IPCTNL_MSG_CT_GET, NLM_F_DUMP, payload)
+            for data, offsets, ending in sock.dump_datagrams(seq, stats):
+                batch: list[Flow] = []
+                for off, end in offsets:
+                    if raw_sink is not None:
+                        raw_sink(data[off:end])
+                    if end - off < _PAYLOAD:
+                        stats.malformed += 1
+                        continue
+                    try:
+                        flow = decode(data, off + _PAYLOAD, end, data[off + _FAMILY])
+                    except DecodeError:
+                        stats.malformed += 1
+                        continue
+                    if check and not flt.match(flow):
+                        continue
+                    batch.append(flow)
+                if ending is not None and raw_sink is not None:
+                    raw_sink(data[ending[0] : ending[1]])
+                yield batch
+            finished = True
+            self.decoder.end()
+        except NetlinkErrno as e:
+            raise _explain(e) from None
+        except NetlinkError as e:
+            raise ConntrackError(f"conntrack netlink request failed: {e}") from None
+        finally:
+            if not finished:
+                self.close()  # a half-read dump: never reuse this socket
+
+    def dump(
+        self, stats: DumpStats | None = None, raw_sink: RawSink | None = None
+    ) -> Iterator[Flow]:
+        """Stream the table flow by flow (see dump_batches)."""
+        for batch in self.dump_batches(stats, raw_sink):
+            yield from batch
 
     def probe(self) -> None:
         """Ask the kernel one small question, so that a missing permission or a kernel without
@@ -287,9 +293,10 @@ class ConntrackClient:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            for flow in self.dump(stats, raw_sink):
+            for batch in self.dump_batches(stats, raw_sink):
                 # A dump is not atomic: an entry can be sent twice; the later copy is fresher.
-                flows[(flow.zone, flow.orig, flow.id)] = flow
+                for flow in batch:
+                    flows[(flow.zone, flow.orig, flow.id)] = flow
         finally:
             if gc_was_enabled:
                 gc.enable()

@@ -489,6 +489,8 @@ class _ShapeBuilder:
                 self.fields[field] = f"v[{self._value(buf, s, e, nested, fmt, size)}]"
             elif t in (c.CTA_COUNTERS_ORIG, c.CTA_COUNTERS_REPLY):
                 d = "orig" if t == c.CTA_COUNTERS_ORIG else "reply"
+                # A repeated nest replaces both counters, as in the reference decoder.
+                self.fields[f"{d}_packets"] = self.fields[f"{d}_bytes"] = "None"
                 self._children(
                     buf,
                     off,
@@ -502,6 +504,7 @@ class _ShapeBuilder:
                     },
                 )
             elif t == c.CTA_PROTOINFO:
+                self.fields["state"] = "None"  # a repeated nest replaces the state
                 for pt, ps, pe, _pn in _walk(buf, s, e):
                     self._pad_to(ps - 4 - off)
                     self._header(buf, ps - 4)
