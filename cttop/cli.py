@@ -278,7 +278,7 @@ def _check_source_options(args: argparse.Namespace) -> None:
         if args.record is not None:
             usage(f"--record records the live table, not {what}")
         if args.delay is not None:
-            usage(f"{what} keeps the recording's own spacing: -d does not apply (see --speed)")
+            usage(f"{what} keeps the recording's own spacing: -d does not apply, --speed does")
         if args.duration is not None:
             usage(f"--duration does not apply to {what} (use -n)")
     elif args.speed is not None:
@@ -351,8 +351,8 @@ def _source(args: argparse.Namespace, loop: bool) -> LiveSource | ReplaySource:
 def run_batch(args: argparse.Namespace, out: TextIO) -> int:
     render = _renderer(args)
     sampler = Sampler()
-    # A demo loops only when -n asks for more polls than it holds.
-    with _source(args, loop=args.demo) as source:
+    # A demo plays once, or loops when -n asks for more polls than it holds.
+    with _source(args, loop=args.demo and args.iterations is not None) as source:
         for i, snapshot in enumerate(_polls(args, source)):
             sample = sampler.step(snapshot)
             out.write(render(sample, i == 0))
@@ -373,8 +373,10 @@ def run_record(args: argparse.Namespace) -> int:
             pass  # the way to end an open-ended recording, like tcpdump -w
         source.stop_recording()
     size = os.path.getsize(recorder.path) if os.path.exists(recorder.path) else 0
+    polls, flows = recorder.polls, recorder.last_flows
     print(
-        f"cttop: recorded {recorder.polls} polls ({recorder.last_flows} flows in the last) "
+        f"cttop: recorded {polls} poll{'s' if polls != 1 else ''} "
+        f"({flows} flow{'s' if flows != 1 else ''} in the last) "
         f"to {recorder.path} ({size / 1e6:.1f} MB)",
         file=sys.stderr,
     )
@@ -439,11 +441,17 @@ def run(argv: Sequence[str] | None, out: TextIO) -> int:
         raise CliError(str(e)) from None
 
 
+def one_line(text: str) -> str:
+    """Control characters from the operator's own input (a name with a newline in it) must not
+    break the one-line error contract: show them escaped."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(argv, sys.stdout)
     except CliError as e:
-        print(f"cttop: {e}", file=sys.stderr)
+        print(f"cttop: {one_line(str(e))}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
