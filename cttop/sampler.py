@@ -207,18 +207,27 @@ class Sampler:
     hash that repeats, so the same id with another tuple is another flow.
     """
 
-    def __init__(self, history: int = 60, keep_vanished: int = 2) -> None:
+    def __init__(
+        self, history: int = 60, keep_vanished: int = 2, max_flow_histories: int = 20_000
+    ) -> None:
         """`history`: polls kept per flow and for the totals (sparkline length).
         `keep_vanished`: for how many polls a flow missing from the dump is remembered; a dump is
         not atomic and may miss a live entry, and if it comes back within that many polls its
         rate continues from its last counters instead of starting over as a new flow.
+        `max_flow_histories`: at most this many flows that moved in the last `history` polls
+        have a history ring (about 8 bytes a poll each). Idle flows need none. Past the budget,
+        a flow that moves has no history until a ring frees up (its owner idles a whole window or
+        goes away): `history()` then starts where its ring does.
         """
         if history < 1:
             raise ValueError("history must be at least 1")
         if keep_vanished < 0:
             raise ValueError("keep_vanished must not be negative")
+        if max_flow_histories < 0:
+            raise ValueError("max_flow_histories must not be negative")
         self.history_length = history
         self.keep_vanished = keep_vanished
+        self.max_flow_histories = max_flow_histories
         self.reset()
 
     def reset(self) -> None:
@@ -264,6 +273,7 @@ class Sampler:
         rings_get = rings.get
         n_hist = self.history_length
         template = self._ring_template
+        max_rings = self.max_flow_histories
 
         rates: list[Rate | None] = []
         append = rates.append
@@ -346,6 +356,11 @@ class Sampler:
             # Record the value in the flow's history ring (inline: this runs per moved flow).
             ring = rings_get(key)
             if ring is None:
+                if len(rings) >= max_rings:
+                    # Over budget: this poll's value goes unrecorded, so the flow's history
+                    # honestly starts again later (see `history`) rather than showing a 0 here.
+                    since[key] = step + 1
+                    continue
                 ring = rings[key] = template[:]
                 ring[_FIRST] = step
                 ring[_LAST] = step - 1
@@ -406,9 +421,12 @@ class Sampler:
         p, seen_at, gone_since = back
         dt = now - seen_at
         ring = self._rings.get(key)
-        if ring is None:
+        if ring is None and len(self._rings) < self.max_flow_histories:
             ring = self._rings[key] = _new_ring(self.history_length, gone_since)
-        _ring_absent(ring, gone_since, step - 1)
+        if ring is not None:
+            _ring_absent(ring, gone_since, step - 1)
+        else:
+            self._since[key] = step + 1  # over budget: see the step loop
         rate: Rate | None = None
         restarted = False
         now_counters, then_counters = _counters(f), _counters(p)
@@ -418,7 +436,8 @@ class Sampler:
                 restarted = True
             else:
                 rate = Rate(deltas[0] / dt, deltas[1] / dt, deltas[2] / dt, deltas[3] / dt)
-        _ring_fill(ring, step, _NAN if rate is None else rate.total_bytes_per_s)
+        if ring is not None:
+            _ring_fill(ring, step, _NAN if rate is None else rate.total_bytes_per_s)
         return rate, restarted
 
     def _forget_vanished(self, step: int) -> None:
@@ -464,8 +483,11 @@ class Sampler:
         start = max(since, last - self.history_length + 1)
         if not _metered(flow):
             return [None] * (last - start + 1)
+        if start > last:
+            return []  # over the ring budget the last time it moved: nothing known yet
         out: list[float | None] = [0.0] * (last - start + 1)
         ring = self._rings.get(key)
+        ring_first = last + 1
         if ring is not None:
             n = len(ring) - 2
             ring_first, ring_last = int(ring[_FIRST]), int(ring[_LAST])
@@ -475,8 +497,10 @@ class Sampler:
         for s in self._untimed:
             if start <= s <= last:
                 out[s - start] = None
-        if since >= start:
-            out[since - start] = None  # first sight (or first metered sight): no rate yet
+        if start <= since < ring_first:
+            # First sight (or first metered sight): no rate yet. Unless its ring starts right
+            # there, which happens when history restarted after the ring budget ran out.
+            out[since - start] = None
         return out
 
     @property

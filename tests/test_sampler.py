@@ -296,10 +296,10 @@ def test_reset_forgets_everything():
     assert sampler.history(A) == [None]
 
 
-@pytest.mark.parametrize("history, keep", [(0, 1), (1, -1)])
-def test_bad_arguments(history, keep):
+@pytest.mark.parametrize("history, keep, budget", [(0, 1, 1), (1, -1, 1), (1, 1, -1)])
+def test_bad_arguments(history, keep, budget):
     with pytest.raises(ValueError):
-        Sampler(history=history, keep_vanished=keep)
+        Sampler(history=history, keep_vanished=keep, max_flow_histories=budget)
 
 
 # --- history ----------------------------------------------------------------------------------
@@ -450,3 +450,20 @@ def test_history_shows_polls_without_an_interval_as_none():
         sampler.step(snapshot(t, flow(counters)))
     sampler.step(snapshot(2.0, flow((30, 0, 2, 0))))
     assert sampler.history(A) == [None, 10.0, None, 20.0]
+
+
+def test_flow_histories_beyond_the_budget_start_when_a_ring_frees_up():
+    b = flow(id=2).key
+    sampler = Sampler(history=3, keep_vanished=0, max_flow_histories=1)
+    sampler.step(snapshot(0.0, flow((0, 0, 0, 0)), flow((0, 0, 0, 0), id=2)))
+    sampler.step(snapshot(1.0, flow((10, 0, 1, 0)), flow((20, 0, 1, 0), id=2)))
+    assert sampler.history(A) == [None, 10.0]  # A took the only ring
+    assert sampler.history(b) == []  # B moved with no ring to hold its value: nothing known
+    # A is gone, but its ring is only freed at the end of this step: B still has none.
+    sampler.step(snapshot(2.0, flow((30, 0, 2, 0), id=2)))
+    assert sampler.history(b) == []
+    sampler.step(snapshot(3.0, flow((60, 0, 3, 0), id=2)))  # +30 B/s, and now a ring
+    assert sampler.history(b) == [30.0]
+    sampler.step(snapshot(4.0, flow((60, 0, 3, 0), id=2)))
+    assert sampler.history(b) == [30.0, 0.0]
+    assert len(sampler._rings) == 1

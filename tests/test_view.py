@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from cttop.conntrack.const import (
@@ -559,11 +556,6 @@ def test_apply_totals_without_counters_or_rates_are_none():
 def test_apply_errors(kwargs, error):
     with pytest.raises(error):
         apply(GROUPABLE, **kwargs)
-
-
-def test_engine_modules_do_not_import_textual():
-    code = "import sys, cttop.sampler, cttop.view; sys.exit('textual' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_state_exact_name_wins_over_longer_names():
