@@ -23,6 +23,7 @@ from textual.widgets import Footer, Input
 
 from cttop.conntrack.const import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_STATES
 from cttop.conntrack.model import Flow, Snapshot
+from cttop.heap import HeapPolicy
 from cttop.sampler import FlowRows, Sample, Sampler
 from cttop.tui.columns import FLOW_COLUMNS, GROUP_COLUMNS, Options
 from cttop.tui.header import Header, HeaderState, notices_for
@@ -208,6 +209,7 @@ class CttopApp(App[int]):
         label: str = "",
         read_only: bool = False,
         keymap: dict[str, str] | None = None,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         self.source = source
@@ -216,6 +218,7 @@ class CttopApp(App[int]):
         self.label = label or f"{socket.gethostname()} · kernel {os.uname().release}"
         self.read_only = read_only
         self.sampler = Sampler()
+        self.heap = HeapPolicy()
         self.shown: Shown | None = None
         self.selected_key: Any = None
         self.paused = False
@@ -231,6 +234,7 @@ class CttopApp(App[int]):
         self.detail: DetailScreen | None = None
         self.following = False  # the cursor follows its flow once the operator moved it
         self._keymap = keymap or {}
+        self._timer = timer  # measures how long polls take (tests pass a fixed clock)
 
     # --- layout -----------------------------------------------------------------------
 
@@ -272,15 +276,16 @@ class CttopApp(App[int]):
 
     @work(thread=True, group="poll", exit_on_error=False)
     def _poll_worker(self, settings: ViewSettings, key: Any) -> None:
-        started = time.monotonic()
+        started = self._timer()
         try:
             snapshot = self.source.snapshot()
             sample = self.sampler.step(snapshot)
             shown = self._compute(sample, settings, key)
+            self.heap.after_poll()
         except Exception as e:  # shown in the header; polling goes on
-            self.call_from_thread(self._poll_failed, e, time.monotonic() - started)
+            self.call_from_thread(self._poll_failed, e, self._timer() - started)
             return
-        self.call_from_thread(self._poll_done, shown, time.monotonic() - started)
+        self.call_from_thread(self._poll_done, shown, self._timer() - started)
 
     def _compute(self, sample: Sample, settings: ViewSettings, key: Any) -> Shown:
         try:

@@ -159,8 +159,8 @@ def _zone(f: Flow, rate: Rate | None, o: Options) -> Cell:
 FLOW_COLUMNS: tuple[Column, ...] = (
     Column("proto", "PROTO", "proto", 6, 1, cell=_proto),
     Column("state", "STATE", "state", 11, 3, cell=_state),
-    Column("src", "SOURCE", "src", 21, 0, flex=2, cell=_src),
-    Column("dst", "DESTINATION", "dst", 24, 0, flex=3, cell=_dst),
+    Column("src", "SOURCE", "src", 22, 0, flex=1, cell=_src),
+    Column("dst", "DESTINATION", "dst", 22, 0, flex=1, cell=_dst),
     Column("orig_rate", "ORIG/s", "orig_rate", 9, 0, right=True, cell=_orig_rate),
     Column("reply_rate", "REPLY/s", "reply_rate", 9, 0, right=True, cell=_reply_rate),
     Column("pps", "PKT/s", "packets", 7, 4, right=True, cell=_pps),
