@@ -49,6 +49,7 @@ from cttop.netlink import (
     NLM_F_REQUEST,
     NLMSG_DONE,
     NLMSG_HDR,
+    MalformedMessage,
     align4,
     attr,
     iter_attrs,
@@ -107,6 +108,10 @@ _LINKTYPE_NAMES: Final = {
 
 class RecordingError(Exception):
     """A recording that cannot be written or read, said in one line (with the byte offset)."""
+
+    def __init__(self, message: str) -> None:
+        # One line even when a file name holds a line break.
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class EndOfRecording(Exception):
@@ -191,7 +196,12 @@ class Recorder:
         self.bytes += len(data)
 
     def _abort(self) -> None:
-        f, self._file, self._gz = self._file, None, None
+        """After a failed write: let go of the file (what made it this far stays readable)."""
+        f, gz = self._file, self._gz
+        self._file = self._gz = None
+        if gz is not None:
+            with contextlib.suppress(OSError, ValueError):
+                gz.close()
         if f is not None:
             with contextlib.suppress(OSError):
                 f.close()
@@ -546,7 +556,8 @@ class ReplaySource:
     @property
     def warning(self) -> str | None:
         """One line when the file was cut short (replay stops at its last whole poll)."""
-        return self._file.warning
+        warning = self._file.warning
+        return None if warning is None else str(RecordingError(warning))
 
     def poll_time(self, i: int) -> float:
         """Wall-clock time (unix seconds) of poll i as recorded."""
@@ -682,11 +693,14 @@ class ReplaySource:
                             else:
                                 flows[(flow.zone, flow.orig, flow.id)] = flow
                     elif mtype == _CT_STATS:
-                        for t, s, e, _nested in iter_attrs(buf, off + _PAYLOAD, end):
-                            if e - s == 4 and t == c.CTA_STATS_GLOBAL_ENTRIES:
-                                count = struct.unpack_from(">I", buf, s)[0]
-                            elif e - s == 4 and t == c.CTA_STATS_GLOBAL_MAX_ENTRIES:
-                                maximum = struct.unpack_from(">I", buf, s)[0]
+                        try:
+                            for t, s, e, _nested in iter_attrs(buf, off + _PAYLOAD, end):
+                                if e - s == 4 and t == c.CTA_STATS_GLOBAL_ENTRIES:
+                                    count = struct.unpack_from(">I", buf, s)[0]
+                                elif e - s == 4 and t == c.CTA_STATS_GLOBAL_MAX_ENTRIES:
+                                    maximum = struct.unpack_from(">I", buf, s)[0]
+                        except MalformedMessage:
+                            skipped += 1
                     off += align4(length)
         finally:
             decoder.end()
@@ -698,13 +712,13 @@ class ReplaySource:
 
 # --- the bundled demo ---------------------------------------------------------------------------
 
-DEMO_RESOURCE: Final = "data/demo.pcap.gz"
+DEMO_NAME: Final = "demo.pcap.gz"  # in cttop/data
 
 
 def demo_source(speed: float = 1.0, loop: bool = True) -> ReplaySource:
     """The recording that ships inside the package (made by scripts/make_demo.py)."""
     try:
-        data = resources.files("cttop").joinpath(DEMO_RESOURCE).read_bytes()
+        data = resources.files("cttop").joinpath("data").joinpath(DEMO_NAME).read_bytes()
     except OSError as e:
         raise RecordingError(f"the bundled demo recording is missing: {e}") from None
     return ReplaySource(data=data, speed=speed, loop=loop, name="demo")
