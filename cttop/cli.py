@@ -8,13 +8,14 @@ import argparse
 import errno
 import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, TextIO
 
 from cttop import __version__
-from cttop.conntrack.client import ConntrackClient, ConntrackError
+from cttop.conntrack.client import ConntrackClient, ConntrackError, DumpFilter
 from cttop.conntrack.model import Snapshot
 from cttop.fmt import (
     csv_rows,
@@ -25,11 +26,20 @@ from cttop.fmt import (
     sample_json,
     text_table,
 )
+from cttop.heap import HeapPolicy
 from cttop.netlink import enter_netns
 from cttop.record import RecordingError, ReplaySource, demo_source
 from cttop.sampler import Sample, Sampler
 from cttop.source import LiveSource, Source
-from cttop.view import GROUP_KEYS, SORT_KEYS, ViewError, ViewResult, apply, parse_filter
+from cttop.view import (
+    GROUP_KEYS,
+    SORT_KEYS,
+    ViewError,
+    ViewResult,
+    apply,
+    kernel_filter,
+    parse_filter,
+)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -332,7 +342,8 @@ def _polls(args: argparse.Namespace, source: Source) -> Iterator[Snapshot]:
 def _live_source(args: argparse.Namespace) -> LiveSource:
     """The kernel's table, recording to --record FILE if given. Permission and kernel errors
     come out here as one line, before a recording file is made or the screen changes."""
-    client = ConntrackClient()
+    # Terms of --filter the kernel understands (family, mark, zone) shrink the dump itself.
+    client = ConntrackClient(DumpFilter(**kernel_filter(args.filter)))
     try:
         client.probe()
         source = LiveSource(client)
@@ -351,12 +362,14 @@ def _source(args: argparse.Namespace, loop: bool) -> LiveSource | ReplaySource:
 def run_batch(args: argparse.Namespace, out: TextIO) -> int:
     render = _renderer(args)
     sampler = Sampler()
+    heap = HeapPolicy()
     # A demo plays once, or loops when -n asks for more polls than it holds.
     with _source(args, loop=args.demo and args.iterations is not None) as source:
         for i, snapshot in enumerate(_polls(args, source)):
             sample = sampler.step(snapshot)
             out.write(render(sample, i == 0))
             out.flush()
+            heap.after_poll()
     return EXIT_OK
 
 
@@ -408,6 +421,13 @@ def run_tui(args: argparse.Namespace) -> int:
     from cttop.tui.app import CttopApp, ViewSettings
 
     source = _source(args, loop=args.demo)
+    if args.demo:
+        label = "demo"
+    elif args.replay:
+        label = f"replay {os.path.basename(args.replay)}"
+    else:
+        where = f" · netns {args.netns or args.netns_path}" if args.netns or args.netns_path else ""
+        label = f"{socket.gethostname()}{where} · kernel {os.uname().release}"
     settings = ViewSettings(
         expr=args.filter.strip(), sort=args.sort, reverse=args.reverse, group=args.group
     )
@@ -417,6 +437,7 @@ def run_tui(args: argparse.Namespace) -> int:
         settings=settings,
         read_only=args.read_only,
         keymap=_parse_keymap(args.keymap),
+        label=label,
     )
     try:
         app.run()
@@ -434,8 +455,8 @@ def run(argv: Sequence[str] | None, out: TextIO) -> int:
     try:
         if args.batch:
             return run_batch(args, out)
-        if args.record is not None:
-            return run_record(args)  # until the interactive view records too
+        if args.record is not None and not (sys.stdout.isatty() and sys.stdin.isatty()):
+            return run_record(args)  # no terminal: record quietly, like tcpdump -w
         return run_tui(args)
     except (ConntrackError, RecordingError) as e:
         raise CliError(str(e)) from None

@@ -45,6 +45,7 @@ __all__ = [
     "ViewTotals",
     "apply",
     "group_rows",
+    "kernel_filter",
     "parse_filter",
     "service_name",
     "sort_flows",
@@ -152,14 +153,10 @@ def _match_all(flow: Flow) -> bool:
     return True
 
 
-def parse_filter(expr: str) -> Predicate:
-    """Compile a filter expression into a predicate on `Flow`.
-
-    Space-separated terms, all must match; `not TERM`, `! TERM` or `!TERM` negates one.
-    Raises `FilterError` naming the first bad term and why.
-    """
+def _terms(expr: str) -> list[tuple[bool, str]]:
+    """The expression's terms as (negated, term), `not`/`!` folded in."""
     tokens = expr.split()
-    preds: list[Predicate] = []
+    out: list[tuple[bool, str]] = []
     i = 0
     while i < len(tokens):
         token = tokens[i]
@@ -175,10 +172,52 @@ def parse_filter(expr: str) -> Predicate:
             token = token[1:]
         if not token:
             raise FilterError(tokens[i], "nothing after it to negate")
+        out.append((negate, token))
+        i += 1
+    return out
+
+
+def parse_filter(expr: str) -> Predicate:
+    """Compile a filter expression into a predicate on `Flow`.
+
+    Space-separated terms, all must match; `not TERM`, `! TERM` or `!TERM` negates one.
+    Raises `FilterError` naming the first bad term and why.
+    """
+    preds: list[Predicate] = []
+    for negate, token in _terms(expr):
         pred = _term(token)
         preds.append(_negated(pred) if negate else pred)
-        i += 1
     return _all_of(preds)
+
+
+def kernel_filter(expr: str) -> dict[str, int]:
+    """The part of a (valid) expression the kernel can apply to its dump, so it sends less:
+    `family`, `mark` (with `mark_mask`) and `zone` from plain, non-negated terms. A field named
+    twice is left to the view. The view still applies the whole expression afterwards.
+    """
+    parse_filter(expr)  # raise on a bad expression, exactly as the view would
+    found: dict[str, list[dict[str, int]]] = {}
+    for negate, token in _terms(expr):
+        if negate:
+            continue
+        field, colon, value = token.partition(":")
+        field, word = field.lower(), token.lower()
+        if not colon and word in _FAMILIES and not word.isdigit():  # as _term reads it
+            found.setdefault("family", []).append({"family": _FAMILIES[word]})
+        elif field == "family":
+            found.setdefault("family", []).append({"family": _FAMILIES[value.lower()]})
+        elif field == "zone":
+            found.setdefault("zone", []).append({"zone": _number(token, value, "zone", 0xFFFF)})
+        elif field == "mark":
+            value_text, slash, mask_text = value.partition("/")
+            mark = _number(token, value_text, "mark", 0xFFFFFFFF)
+            mask = _number(token, mask_text, "mask", 0xFFFFFFFF) if slash else 0xFFFFFFFF
+            found.setdefault("mark", []).append({"mark": mark, "mark_mask": mask})
+    out: dict[str, int] = {}
+    for values in found.values():
+        if len(values) == 1:
+            out.update(values[0])
+    return out
 
 
 def _negated(pred: Predicate) -> Predicate:

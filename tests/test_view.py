@@ -31,6 +31,7 @@ from cttop.view import (
     ViewError,
     apply,
     group_rows,
+    kernel_filter,
     parse_filter,
     service_name,
     sort_flows,
@@ -568,3 +569,33 @@ def test_state_exact_name_wins_over_longer_names():
     assert (prefix(close), prefix(close_wait), prefix(closed)) == (False, True, False)
     dccp_open = Flow(AF_INET, 33, Tuple("10.0.0.1", "10.0.0.2", 1, 2), Tuple(None, None), state=4)
     assert parse_filter("state:open")(dccp_open)
+
+
+# --- kernel pushdown --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("", {}),
+        ("tcp dport:443", {}),
+        ("ipv6", {"family": 10}),
+        ("family:ipv4 tcp", {"family": 2}),
+        ("4", {}),  # a bare number is text (a port or address part), not a family
+        ("mark:7", {"mark": 7, "mark_mask": 0xFFFFFFFF}),
+        ("mark:0x10/0xf0", {"mark": 0x10, "mark_mask": 0xF0}),
+        ("zone:3", {"zone": 3}),
+        ("not zone:3", {}),  # a negated term is the view's job
+        ("!ipv6 zone:2", {"zone": 2}),
+        ("zone:1 zone:2", {}),  # named twice: left to the view
+        ("ipv4 ipv6", {}),
+        ("udp ipv4 mark:1 zone:9", {"family": 2, "mark": 1, "mark_mask": 0xFFFFFFFF, "zone": 9}),
+    ],
+)
+def test_kernel_filter_pushes_down_plain_terms(expr: str, expected: dict[str, int]) -> None:
+    assert kernel_filter(expr) == expected
+
+
+def test_kernel_filter_rejects_what_the_view_rejects() -> None:
+    with pytest.raises(FilterError):
+        kernel_filter("zone:99999")

@@ -24,6 +24,7 @@ from textual.widgets import Footer, Input
 from cttop.conntrack.const import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_STATES
 from cttop.conntrack.model import Flow, Snapshot
 from cttop.heap import HeapPolicy
+from cttop.record import EndOfRecording
 from cttop.sampler import FlowRows, Sample, Sampler
 from cttop.tui.columns import FLOW_COLUMNS, GROUP_COLUMNS, Options
 from cttop.tui.header import Header, HeaderState, notices_for
@@ -225,6 +226,7 @@ class CttopApp(App[int]):
         self.bits = False
         self.resolver: Resolver | None = None
         self.poll_ms: float | None = None
+        self.effective_interval = interval
         self.stretched = False
         self.error: str | None = None
         self.errors = 0
@@ -305,7 +307,7 @@ class CttopApp(App[int]):
         self._polling = False
         self.polls += 1
         self.poll_ms = took * 1000
-        self.stretched = took > self.interval
+        self.stretched = 2 * took > self.interval
         self.error = None
         self._show(shown)
         if shown.settings != self.settings or (
@@ -316,6 +318,11 @@ class CttopApp(App[int]):
 
     def _poll_failed(self, error: Exception, took: float) -> None:
         self._polling = False
+        if isinstance(error, EndOfRecording):
+            self.paused = True
+            self.notify("end of the recording: [ ] step, { } jump to start/end", timeout=6)
+            self._render_header()
+            return
         self.errors += 1
         self.error = str(error) or type(error).__name__
         self.poll_ms = took * 1000
@@ -325,7 +332,15 @@ class CttopApp(App[int]):
     def _arm(self, took: float) -> None:
         if self.paused:
             return
-        self._poll_timer = self.set_timer(max(0.05, self.interval - took), self.poll)
+        delay = getattr(self.source, "delay", None)
+        if callable(delay):
+            wait = float(delay())  # a replay keeps the recording's own spacing
+        else:
+            # A dump that takes more than half the interval stretches it: the kernel's and
+            # our own work stay under half of the machine's time (the header says so).
+            self.effective_interval = max(self.interval, 2 * took)
+            wait = self.effective_interval - took
+        self._poll_timer = self.set_timer(max(0.05, wait), self.poll)
 
     # --- the view ---------------------------------------------------------------------
 
@@ -387,10 +402,14 @@ class CttopApp(App[int]):
             notices=notices_for(sample) if sample else [],
             clock=self._clock(),
             stretched=self.stretched,
+            effective_interval=None if self._replaying() else self.effective_interval,
         )
         self.query_one(Header).update(sample, state)
         table = self.query_one(FlowTable)
         self.query_one(ColumnHeader).set_columns(table.cols, s.sort, state.descending)
+
+    def _replaying(self) -> bool:
+        return callable(getattr(self.source, "delay", None))
 
     def _clock(self) -> float | None:
         clock = getattr(self.source, "clock", None)
@@ -691,22 +710,29 @@ class CttopApp(App[int]):
             self.notify(str(message))
         self._render_header()
 
-    def action_replay_step(self, step: int) -> None:
-        seek = getattr(self.source, "step", None)
-        if seek is None:
+    def _replay_move(self, move: Callable[[], list[Snapshot]] | None) -> None:
+        if move is None:
             self.notify("stepping works on a replay (--replay/--demo)", severity="warning")
             return
+        if self._polling:
+            return  # one thing at a time: the poll in flight is shown first
         if not self.paused:
             self.action_pause()
-        seek(step)
-        self._polling = False
+        try:
+            warm = move()
+        except Exception as e:
+            self.notify(f"cannot move in the recording: {e}", severity="error")
+            return
+        # Rates need the poll before the target: feed it to a fresh sampler, then show it.
+        self.sampler.reset()
+        for snapshot in warm:
+            self.sampler.step(snapshot)
         self.poll()
 
+    def action_replay_step(self, step: int) -> None:
+        mover = getattr(self.source, "step", None)
+        self._replay_move(partial(mover, step) if mover else None)
+
     def action_replay_jump(self, where: int) -> None:
-        jump = getattr(self.source, "jump", None)
-        if jump is None:
-            self.notify("jumping works on a replay (--replay/--demo)", severity="warning")
-            return
-        jump(where)
-        self.sampler.reset()
-        self.poll()
+        mover = getattr(self.source, "jump", None)
+        self._replay_move(partial(mover, where) if mover else None)

@@ -37,7 +37,8 @@ class HeaderState:
     bits: bool = False
     notices: list[str] = field(default_factory=list)
     clock: float | None = None  # wall time to show (the recording's own in a replay)
-    stretched: bool = False  # the poll took longer than the interval allows
+    stretched: bool = False  # the poll took more than half the interval
+    effective_interval: float | None = None  # the interval actually used, when stretched
 
 
 def fill_bar(count: int, maximum: int) -> Text:
@@ -84,10 +85,17 @@ class Header(Widget):
     def lines(self) -> list[Text]:
         st = self.state
         s = self.sample
-        # line 1: who, table fill, timing, modes
+        # line 1, most important first (a narrow terminal cuts the end): who, when, modes,
+        # table fill, timing
         l1 = Text("cttop", style="bold cyan")
         if st.label:
             l1.append(f" {st.label}", style="bold")
+        clock = st.clock if st.clock is not None else time.time()
+        l1.append("  " + time.strftime("%H:%M:%S", time.localtime(clock)))
+        if st.paused:
+            l1.append("  PAUSED", style="bold black on yellow")
+        if st.recording:
+            l1.append(f"  ● REC {st.recording}", style="bold red")
         l1.append_text(_sep())
         if s is not None:
             snap = s.snapshot
@@ -101,16 +109,12 @@ class Header(Widget):
             l1.append("waiting for the first poll…", style="dim")
         l1.append_text(_sep())
         l1.append(f"every {st.interval:g}s")
+        if st.effective_interval and st.effective_interval > st.interval + 0.01:
+            l1.append(f" → {st.effective_interval:.1f}s", style="bold yellow")
         if st.poll_ms is not None:
             l1.append(f", poll {st.poll_ms:.0f} ms", style="bold yellow" if st.stretched else "")
         if st.stretched:
-            l1.append(" (slower than the interval)", style="yellow")
-        if st.paused:
-            l1.append("  PAUSED", style="bold black on yellow")
-        if st.recording:
-            l1.append(f"  ● REC {st.recording}", style="bold red")
-        clock = st.clock if st.clock is not None else time.time()
-        l1.append("  " + time.strftime("%H:%M:%S", time.localtime(clock)), style="dim")
+            l1.append(" (dump slower than half the interval)", style="yellow")
 
         # line 2: mix and rates
         l2 = Text()
