@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keymap",
         default="",
-        metavar="ID=KEYS,...",
+        metavar="ID=KEYS;...",
         help="rebind keys by id (see the help screen), e.g. 'quit=ctrl+q;pause=p'",
     )
     rec = p.add_argument_group("recording and replay")
@@ -168,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--record",
         metavar="FILE",
         help="also write every poll, as the kernel's raw netlink messages, to FILE (pcap, "
-        "LINKTYPE_NETLINK; gzip-compressed if FILE ends in .gz); without -b it records quietly "
-        "and prints one summary line at the end",
+        "LINKTYPE_NETLINK; gzip-compressed if FILE ends in .gz); in the interactive view it "
+        "records while you watch (R toggles); without a terminal it records quietly and prints "
+        "one summary line at the end",
     )
     rec.add_argument(
         "--duration",
