@@ -230,11 +230,13 @@ def csv_rows(sample: Sample, rows: Iterable[FlowRow] | None = None) -> list[list
     return out
 
 
-def csv_text(rows: Sequence[Sequence[Any]], header: bool) -> str:
+def csv_text(
+    rows: Sequence[Sequence[Any]], header: bool, columns: Sequence[str] = CSV_COLUMNS
+) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     if header:
-        w.writerow(CSV_COLUMNS)
+        w.writerow(columns)
     w.writerows(rows)
     return buf.getvalue()
 
@@ -383,12 +385,7 @@ def groups_csv(sample: Sample, groups: Sequence[GroupRow], header: bool) -> str:
         row += [getattr(g, n) for n in GROUP_COUNTERS]
         row += [r.get(k) for k in GROUP_CSV_COLUMNS[-4:]]
         rows.append([_cell(v) for v in row])
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    if header:
-        w.writerow(GROUP_CSV_COLUMNS)
-    w.writerows(rows)
-    return buf.getvalue()
+    return csv_text(rows, header, GROUP_CSV_COLUMNS)
 
 
 def groups_text(sample: Sample, groups: Sequence[GroupRow], bits: bool = False) -> str:

@@ -407,26 +407,21 @@ class NetlinkSocket:
         With `threaded`, another thread receives while the caller decodes: the kernel builds
         each datagram inside recv(), which releases the GIL, so its work and ours overlap.
         """
-        if not threaded:
-            while True:
-                data = self.recv_datagram()
-                stats.datagrams += 1
-                offsets, ending = frame_answer(data, seq, stats)
-                yield data, offsets, ending
-                if ending is not None:
-                    return
-        receiver = _Receiver(self, seq)
-        receiver.start()
+        receiver = _Receiver(self, seq) if threaded else None
+        receive = receiver.get if receiver is not None else self.recv_datagram
+        if receiver is not None:
+            receiver.start()
         try:
             while True:
-                data = receiver.get()
+                data = receive()
                 stats.datagrams += 1
                 offsets, ending = frame_answer(data, seq, stats)
                 yield data, offsets, ending
                 if ending is not None:
                     return
         finally:
-            receiver.stop()
+            if receiver is not None:
+                receiver.stop()
 
     def request(
         self, msg_type: int, flags: int, payload: bytes, stats: DumpStats | None = None

@@ -11,6 +11,7 @@ import gc
 import struct
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from cttop.conntrack import const as c
@@ -157,21 +158,28 @@ class ConntrackClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def _session(self) -> Iterator[NetlinkSocket]:
+        """One request on the socket: netlink errors become the operator's one-liners, and
+        a request that did not run to its end leaves no socket behind for the next one."""
+        sock = self._open()
+        try:
+            yield sock
+        except NetlinkErrno as e:
+            self.close()
+            raise _explain(e) from None
+        except NetlinkError as e:
+            self.close()
+            raise ConntrackError(f"conntrack netlink request failed: {e}") from None
+        except BaseException:
+            self.close()  # a half-read answer (or an abandoned generator): start afresh
+            raise
+
     def _request(
         self, msg_type: int, flags: int, payload: bytes, stats: DumpStats
     ) -> Iterator[Message]:
-        sock = self._open()
-        done = False
-        try:
+        with self._session() as sock:
             yield from sock.request(_CT | msg_type, flags, payload, stats)
-            done = True
-        except NetlinkErrno as e:
-            raise _explain(e) from None
-        except NetlinkError as e:
-            raise ConntrackError(f"conntrack netlink request failed: {e}") from None
-        finally:
-            if not done:
-                self.close()  # a half-read answer: never reuse this socket
 
     def dump_messages(self, stats: DumpStats | None = None) -> Iterator[Message]:
         """The raw dump: every conntrack message the kernel sends, undecoded."""
@@ -192,11 +200,9 @@ class ConntrackClient:
         flt = self.filter
         check = not flt.empty
         decode = self.decoder.decode
-        sock = self._open()
         payload = nfgenmsg(flt.family) + flt.request_attrs()
-        finished = False
         self.decoder.begin()
-        try:
+        with self._session() as sock:
             seq = sock.send(_CT | c.IPCTNL_MSG_CT_GET, NLM_F_DUMP, payload)
             for data, offsets, ending in sock.dump_datagrams(seq, stats):
                 batch: list[Flow] = []
@@ -217,15 +223,7 @@ class ConntrackClient:
                 if ending is not None and raw_sink is not None:
                     raw_sink(data[ending[0] : ending[1]])
                 yield batch
-            finished = True
-            self.decoder.end()
-        except NetlinkErrno as e:
-            raise _explain(e) from None
-        except NetlinkError as e:
-            raise ConntrackError(f"conntrack netlink request failed: {e}") from None
-        finally:
-            if not finished:
-                self.close()  # a half-read dump: never reuse this socket
+        self.decoder.end()
 
     def dump(
         self, stats: DumpStats | None = None, raw_sink: RawSink | None = None

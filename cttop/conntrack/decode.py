@@ -13,14 +13,13 @@ from typing import Final
 
 from cttop.conntrack import const as c
 from cttop.conntrack.model import Flow, Tuple
-from cttop.netlink import NFGENMSG, NLA_F_NESTED, NLA_TYPE_MASK, NLMSG_HDR, NetlinkError
+from cttop.netlink import NFGENMSG, NLMSG_HDR, MalformedMessage, NetlinkError, iter_attrs
 
 
 class DecodeError(NetlinkError):
     """A conntrack message that cannot be decoded; the dump skips it and counts it."""
 
 
-_HDR: Final = struct.Struct("=HH").unpack_from
 _U8: Final = struct.Struct("B").unpack_from
 _BE16: Final = struct.Struct(">H").unpack_from
 _BE32: Final = struct.Struct(">I").unpack_from
@@ -57,44 +56,38 @@ def _addr(buf: bytes, s: int, e: int, size: int) -> str:
     return text
 
 
-def _walk(buf: bytes, off: int, end: int) -> list[tuple[int, int, int, int]]:
-    """Attributes of buf[off:end] as (type, value_start, value_end, nested_flag)."""
-    out = []
-    while end - off >= 4:
-        length, t = _HDR(buf, off)
-        if length < 4:
-            raise DecodeError(f"attribute length {length} < 4")
-        vend = off + length
-        if vend > end:
-            raise DecodeError(f"attribute {t & NLA_TYPE_MASK} of length {length} overruns its nest")
-        out.append((t & NLA_TYPE_MASK, off + 4, vend, t & NLA_F_NESTED))
-        off += (length + 3) & ~3
-    return out
+def _walk(buf: bytes, off: int, end: int) -> list[tuple[int, int, int, bool]]:
+    """Attributes of buf[off:end] as (type, value_start, value_end, nested), all at once."""
+    try:
+        return list(iter_attrs(buf, off, end))
+    except MalformedMessage as e:
+        raise DecodeError(str(e)) from None
 
 
-def _scalar(nested: int, s: int, e: int, size: int, what: str) -> None:
+_UNSIGNED: Final = {1: _U8, 2: _BE16, 4: _BE32, 8: _BE64}
+
+
+def _uint(buf: bytes, s: int, e: int, nested: bool, size: int, what: str) -> int:
+    """A fixed-size big-endian unsigned value; any other size, or the nested flag, is an error."""
     if nested or e - s != size:
         raise DecodeError(f"{what}: {e - s} bytes{' nested' if nested else ''}, {size} expected")
+    return int(_UNSIGNED[size](buf, s)[0])
 
 
-def _u8(buf: bytes, s: int, e: int, nested: int, what: str) -> int:
-    _scalar(nested, s, e, 1, what)
-    return int(_U8(buf, s)[0])
+def _u8(buf: bytes, s: int, e: int, nested: bool, what: str) -> int:
+    return _uint(buf, s, e, nested, 1, what)
 
 
-def _u16(buf: bytes, s: int, e: int, nested: int, what: str) -> int:
-    _scalar(nested, s, e, 2, what)
-    return int(_BE16(buf, s)[0])
+def _u16(buf: bytes, s: int, e: int, nested: bool, what: str) -> int:
+    return _uint(buf, s, e, nested, 2, what)
 
 
-def _u32(buf: bytes, s: int, e: int, nested: int, what: str) -> int:
-    _scalar(nested, s, e, 4, what)
-    return int(_BE32(buf, s)[0])
+def _u32(buf: bytes, s: int, e: int, nested: bool, what: str) -> int:
+    return _uint(buf, s, e, nested, 4, what)
 
 
-def _u64(buf: bytes, s: int, e: int, nested: int, what: str) -> int:
-    _scalar(nested, s, e, 8, what)
-    return int(_BE64(buf, s)[0])
+def _u64(buf: bytes, s: int, e: int, nested: bool, what: str) -> int:
+    return _uint(buf, s, e, nested, 8, what)
 
 
 def _string(buf: bytes, s: int, e: int) -> str:
