@@ -692,6 +692,19 @@ def test_dump_survives_malformed_stale_and_cut() -> None:
     assert client._sock is not None and not sock.closed  # a clean end keeps the socket
 
 
+def test_dump_repeated_secctx_is_skipped_or_decoded_never_a_crash() -> None:
+    """The same (odd but well-framed) message twice in one dump: the second goes through the
+    fast decoder's compiled shape. It must yield what the reference decoder yields (or skip
+    it as malformed), never raise something that is not a ConntrackError."""
+    odd = entry(1, secctx="x_t")
+    # a second, empty CTA_SECCTX after the real one (length 4, no children)
+    odd = odd + struct.pack("=HH", 4, c.CTA_SECCTX | NLA_F_NESTED)
+    odd = struct.pack("=I", len(odd)) + odd[4:]
+    expected = flow_of(fields_of(1, secctx="x_t"))
+    client, _ = fake_client([odd + odd, odd, done()])
+    assert list(client.dump()) == [expected, expected, expected]
+
+
 def test_dump_empty_table() -> None:
     client, _ = fake_client([done()])
     stats = DumpStats()

@@ -452,8 +452,8 @@ class _ShapeBuilder:
             spec = wanted.get(t)
             if spec is not None:
                 field, fmt, size = spec
-                if fmt == "s":
-                    self.fields[field] = f"v[{self._item(f'{ce - cs}s', ce - cs)}]"
+                if fmt == "z":  # a NUL-terminated string
+                    self.fields[field] = f"_cstring(v[{self._item(f'{ce - cs}s', ce - cs)}])"
                 else:
                     self.fields[field] = f"v[{self._value(buf, cs, ce, cn, fmt, size)}]"
             self._pad_to(ce - base)
@@ -516,13 +516,9 @@ class _ShapeBuilder:
                     },
                 )
             elif t == c.CTA_HELP:
-                self._children(buf, off, s, e, {c.CTA_HELP_NAME: ("helper", "s", 0)})
-                if "helper" in self.fields:
-                    self.fields["helper"] = f"_cstring({self.fields['helper']})"
+                self._children(buf, off, s, e, {c.CTA_HELP_NAME: ("helper", "z", 0)})
             elif t == c.CTA_SECCTX:
-                self._children(buf, off, s, e, {c.CTA_SECCTX_NAME: ("secctx", "s", 0)})
-                if "secctx" in self.fields:
-                    self.fields["secctx"] = f"_cstring({self.fields['secctx']})"
+                self._children(buf, off, s, e, {c.CTA_SECCTX_NAME: ("secctx", "z", 0)})
             elif t == c.CTA_LABELS:
                 self.fields["labels"] = f"_labels(v[{self._item(f'{e - s}s', e - s)}])"
             # anything else is unknown to us: its header is checked, its value skipped

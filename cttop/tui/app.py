@@ -211,6 +211,7 @@ class CttopApp(App[int]):
         read_only: bool = False,
         keymap: dict[str, str] | None = None,
         timer: Callable[[], float] = time.monotonic,
+        autopoll: bool = True,
     ) -> None:
         super().__init__()
         self.source = source
@@ -237,6 +238,7 @@ class CttopApp(App[int]):
         self.following = False  # the cursor follows its flow once the operator moved it
         self._keymap = keymap or {}
         self._timer = timer  # measures how long polls take (tests pass a fixed clock)
+        self.autopoll = autopoll  # False: polls only when asked (tests, screenshots)
 
     # --- layout -----------------------------------------------------------------------
 
@@ -330,7 +332,7 @@ class CttopApp(App[int]):
         self._arm(took)
 
     def _arm(self, took: float) -> None:
-        if self.paused:
+        if self.paused or not self.autopoll:
             return
         delay = getattr(self.source, "delay", None)
         if callable(delay):
