@@ -290,6 +290,7 @@ class ConntrackClient:
         # whole growing table again and again while it is being built.
         gc_was_enabled = gc.isenabled()
         gc.disable()
+        started = time.monotonic()
         try:
             for batch in self.dump_batches(stats, raw_sink):
                 # A dump is not atomic: an entry can be sent twice; the later copy is fresher.
@@ -298,7 +299,12 @@ class ConntrackClient:
         finally:
             if gc_was_enabled:
                 gc.enable()
-        mono, wall = time.monotonic(), time.time()
+        # The kernel reads each entry at some moment during the dump (a small table's all at
+        # once, while it walks the shared hash table): the middle of the dump is the best
+        # single time for all of them, and what rates are computed against.
+        ended = time.monotonic()
+        wall = time.time() - (ended - started) / 2
+        mono = (started + ended) / 2
         count, maximum = self.table_size(raw_sink) if raw_sink is not None else self.table_size()
         cpu = None
         if with_stats:

@@ -123,7 +123,7 @@ class Snapshot(NamedTuple):
     Times come in here (taken by the Source) so that everything downstream is pure.
     """
 
-    time_monotonic: float  # seconds, time.monotonic() when the dump finished
+    time_monotonic: float  # seconds, time.monotonic() of the middle of the dump
     time_wall: float  # unix seconds of the same moment
     flows: dict[FlowKey, Flow]  # deduplicated by key; the last copy in a dump wins
     table_count: int | None  # nf_conntrack_count (None when unknown)
