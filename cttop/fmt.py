@@ -107,7 +107,10 @@ def nat_source(flow: Flow) -> str | None:
     """What the source was rewritten to, when NAT rewrote it."""
     if not flow.snat:
         return None
-    return tuple_ends(flow, flow.reply)[1]
+    r = flow.reply
+    if flow.protonum in (IPPROTO_ICMP, IPPROTO_ICMPV6):
+        return r.dst or ABSENT
+    return endpoint(r.dst, r.dport)
 
 
 # --- JSON ------------------------------------------------------------------------------

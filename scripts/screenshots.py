@@ -66,8 +66,8 @@ async def shoot(
     size: tuple[int, int], settings: ViewSettings, keys: Sequence[str], polls: int
 ) -> str:
     # The replay moves only when told (a speed that makes its next poll a day away).
-    source = demo_source(speed=1e-6, loop=False)
-    app = CttopApp(source, interval=3600, settings=settings, label="demo", timer=lambda: 0.0)
+    source = demo_source(loop=False)
+    app = CttopApp(source, settings=settings, label="demo", timer=lambda: 0.0, autopoll=False)
     try:
         async with app.run_test(size=size) as pilot:
             app.query_one("#filter-bar", Input).cursor_blink = False

@@ -96,9 +96,10 @@ async def test_demo_polls_show_flows_rates_and_header() -> None:
         l1, l2, l3, l4 = header(app)
         assert l1.startswith("cttop demo")
         assert "307/262,144 (0.1%)" in l1
-        assert "every 3600s, poll 0 ms" in l1
+        assert "replay ×1, poll 0 ms" in l1
         assert clock_text(source.poll_time(1)) in l1  # the recording's own time
-        assert l2.startswith("tcp 215 (ESTABLISHED 158, TIME_WAIT 40, SYN_SENT 12)")
+        assert l2.startswith("↑ 259.6KB/s  ↓ 2.0MB/s  │  new 6.0/s  gone 8.0/s  │  tcp 215")
+        assert "tcp 215 (ESTABLISHED 158, TIME_WAIT 40, SYN_SENT 12)" in l2
         assert "↑ 259.6KB/s  ↓ 2.0MB/s" in l2
         assert "new 6.0/s  gone 8.0/s" in l2
         assert l3 == "filter none  │  sort rate ▼  │  group none  │  307 flows"
@@ -168,10 +169,10 @@ async def test_filter_bar_applies_as_you_type_and_esc_clears() -> None:
         assert "111 flows (111 of 307 flows)" in header(app)[2]
 
         await press(pilot, "space", *"not", "space", *"src:")  # half typed: invalid, kept
-        assert bar.has_class("-invalid")
+        assert bar.has_class("bad-filter")
         assert app.settings.expr == "dport:443"
         await press(pilot, *"::1")
-        assert not bar.has_class("-invalid")
+        assert not bar.has_class("bad-filter")
         assert app.settings.expr == "dport:443 not src:::1"
         assert all(f.orig.dport == 443 and f.orig.src != "::1" for f in flows(app))
 
@@ -192,23 +193,17 @@ async def test_filter_bar_enter_keeps_the_filter() -> None:
         assert flows(app) and all(f.protonum == IPPROTO_UDP for f in flows(app))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the app marks a bad filter with the class -invalid, which Textual's Input "
-    "owns: Input.validate() (run on submit and blur, no validators) removes it, so Enter on a "
-    "bad filter hides the bar with the bad text in it instead of keeping it open in red",
-)
 async def test_enter_on_a_bad_filter_keeps_the_bar_open() -> None:
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         await press(pilot, "slash", *"udp dport:")
         bar = app.query_one("#filter-bar", Input)
-        assert bar.has_class("-invalid")
+        assert bar.has_class("bad-filter")
         # the last good prefix stays applied
         assert app.settings.expr.startswith("udp") and app.settings.expr != "udp dport:"
         await press(pilot, "enter")
-        assert bar.display and bar.has_class("-invalid")
+        assert bar.display and bar.has_class("bad-filter")
 
 
 PROTO_MATCH = {
@@ -435,19 +430,11 @@ async def test_enter_shows_the_selected_flow() -> None:
         assert len(screen.history) >= 2
         await poll(pilot)  # refreshed while open, same flow
         assert screen.flow.key == flow.key and not screen.gone
-        while isinstance(app.screen, DetailScreen):  # see test_enter_opens_one_detail_screen
-            await press(pilot, "escape")
+        await press(pilot, "escape")
+        assert not isinstance(app.screen, DetailScreen)
         assert app.detail is None
 
 
-ENTER_TWICE = (
-    "BUG: Enter is handled twice — FlowTable.key_enter posts Chosen and the app's 'detail' "
-    "binding (enter) runs action_detail — so two DetailScreens open (Esc closes only one) and "
-    "a group is drilled into twice"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=ENTER_TWICE)
 async def test_enter_opens_one_detail_screen() -> None:
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
@@ -458,7 +445,6 @@ async def test_enter_opens_one_detail_screen() -> None:
         assert not isinstance(app.screen, DetailScreen)
 
 
-@pytest.mark.xfail(strict=True, reason=ENTER_TWICE)
 async def test_enter_on_a_group_adds_its_terms_once() -> None:
     app = make_app(settings=ViewSettings(group="proto"))
     async with app.run_test(size=SIZE) as pilot:
@@ -467,11 +453,6 @@ async def test_enter_on_a_group_adds_its_terms_once() -> None:
         assert app.settings.expr == "proto:6"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: at 80×24 the detail (#detail-body, a Vertical: overflow hidden) needs 28 rows "
-    "and gets 18: ports, packets, bytes and the rate history are cut off, with no way to scroll",
-)
 async def test_detail_shows_everything_at_80x24() -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
@@ -507,8 +488,7 @@ async def test_enter_on_a_group_drills_down() -> None:
         assert selected(app).key == "::1"
         await press(pilot, "enter")
         assert app.settings.group == "none"
-        # set(): the terms come twice while Enter is handled twice (ENTER_TWICE)
-        assert set(app.settings.expr.split()) == {"src:::1"}
+        assert app.settings.expr == "src:::1"  # once: Enter is handled once
         assert app.query_one("#filter-bar", Input).value == app.settings.expr
         shown = flows(app)
         assert len(shown) == rows[index].flows == 16
@@ -522,7 +502,7 @@ async def test_drill_down_by_service_keeps_the_filter() -> None:
         https = next(i for i, g in enumerate(groups(app)) if g.label == "tcp/443 (https)")
         want = groups(app)[https].flows
         await press(pilot, *["down"] * https, "enter")
-        assert app.settings.expr.startswith("not src:::1 proto:6 dport:443")  # ENTER_TWICE
+        assert app.settings.expr == "not src:::1 proto:6 dport:443"
         assert len(flows(app)) == want
         assert all(f.orig.dport == 443 and f.orig.src != "::1" for f in flows(app))
 
@@ -574,11 +554,6 @@ async def test_plus_minus_change_the_interval() -> None:
         assert app.interval == INTERVALS[-1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: +/- snap to the nearest of INTERVALS first, so from an interval outside the "
-    "list (cttop -d 60) '-' (longer interval) sets 30 s, and from 0.1 '+' (shorter) sets 0.25 s",
-)
 async def test_minus_never_shortens_and_plus_never_lengthens() -> None:
     app = make_app(FakeSource(), interval=60.0)
     async with app.run_test(size=SIZE) as pilot:
@@ -727,12 +702,6 @@ async def test_shift_d_without_a_filter_says_all(notes: list[str]) -> None:
         assert source.deleted == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: D takes its flows from the view on screen (app.shown) but names the new "
-    "settings: D pressed before the view worker is done asks 'Delete all 307 flows matching "
-    "“udp”?' and y deletes every flow",
-)
 async def test_shift_d_right_after_a_filter_key_deletes_only_the_matching_flows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -901,7 +870,7 @@ async def test_snapshot_errors_show_in_the_header_and_polling_goes_on() -> None:
 async def test_polling_goes_on_by_itself_after_an_error() -> None:
     source = FakeSource()
     source.fail = [OSError("boom")]
-    app = make_app(source, interval=0.05)
+    app = make_app(source, interval=0.05, autopoll=True)
     async with app.run_test(size=SIZE) as pilot:
         for _ in range(100):
             await pilot.pause(0.02)

@@ -114,11 +114,6 @@ class RecordingSource(FakeSource):
         return "recorded 2 polls to lab.pcap"
 
 
-# Slow enough that a replay never moves on by itself during a test: a replay polls at the
-# recording's own pace (`ReplaySource.delay()`), whatever the app's interval says.
-STILL = 1e-6
-
-
 def make_app(
     source: Any = None,
     *,
@@ -129,6 +124,7 @@ def make_app(
     """The app, deterministic: label "demo", poll time 0 ms, the demo replay by default."""
     if source is None:
         source = replay()
+    kwargs.setdefault("autopoll", False)  # polls happen when the test asks for them
     return CttopApp(
         source, interval=interval, settings=settings, label="demo", timer=lambda: 0.0, **kwargs
     )
@@ -224,4 +220,4 @@ def utc() -> Iterator[None]:
 
 def replay(loop: bool = False) -> ReplaySource:
     """The bundled demo, at a pace that leaves every poll to the test."""
-    return demo_source(speed=STILL, loop=loop)
+    return demo_source(loop=loop)

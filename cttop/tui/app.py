@@ -49,7 +49,8 @@ class Source(Protocol):
     def snapshot(self) -> Snapshot: ...
 
 
-INTERVALS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
+INTERVALS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
+SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 PROTO_CYCLE: tuple[str | None, ...] = (None, "tcp", "udp", "icmp", "other")
 STATE_CYCLE: tuple[str | None, ...] = (None, *(s for s in TCP_STATES if s != "NONE"), "NONE")
 GROUP_CYCLE = tuple(GROUP_KEYS)
@@ -405,10 +406,15 @@ class CttopApp(App[int]):
             clock=self._clock(),
             stretched=self.stretched,
             effective_interval=None if self._replaying() else self.effective_interval,
+            speed=self._speed(),
         )
         self.query_one(Header).update(sample, state)
         table = self.query_one(FlowTable)
         self.query_one(ColumnHeader).set_columns(table.cols, s.sort, state.descending)
+
+    def _speed(self) -> float | None:
+        speed = getattr(self.source, "speed", None)
+        return float(speed) if self._replaying() and isinstance(speed, (int, float)) else None
 
     def _replaying(self) -> bool:
         return callable(getattr(self.source, "delay", None))
@@ -508,16 +514,16 @@ class CttopApp(App[int]):
             parse_filter(text)
         except FilterError as e:
             event.input.border_subtitle = str(e)
-            event.input.add_class("-invalid")
+            event.input.add_class("bad-filter")
             return
         event.input.border_subtitle = ""
-        event.input.remove_class("-invalid")
+        event.input.remove_class("bad-filter")
         if text != self.settings.expr:
             self._change(expr=text)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "filter-bar":
-            if not event.input.has_class("-invalid"):
+            if not event.input.has_class("bad-filter"):
                 event.input.display = False
             self.query_one(FlowTable).focus()
 
@@ -540,8 +546,23 @@ class CttopApp(App[int]):
         self._render_header()
 
     def action_interval(self, step: int) -> None:
-        i = min(range(len(INTERVALS)), key=lambda k: abs(INTERVALS[k] - self.interval))
-        self.interval = INTERVALS[max(0, min(len(INTERVALS) - 1, i + step))]
+        speed = getattr(self.source, "speed", None)
+        if isinstance(speed, (int, float)) and self._replaying():
+            # A replay keeps the recording's spacing: + and - change how fast it plays.
+            faster = [x for x in SPEEDS if x > speed]
+            slower = [x for x in SPEEDS if x < speed]
+            new_speed = (
+                (faster[0] if faster else speed) if step < 0 else (slower[-1] if slower else speed)
+            )
+            self.source.speed = new_speed  # type: ignore[attr-defined]
+            self._render_header()
+            return
+        if step > 0:  # longer
+            self.interval = next((x for x in INTERVALS if x > self.interval), self.interval)
+        else:
+            self.interval = next(
+                (x for x in reversed(INTERVALS) if x < self.interval), self.interval
+            )
         self._render_header()
         if self._poll_timer is not None and not self._polling:
             self._poll_timer.stop()
@@ -662,10 +683,16 @@ class CttopApp(App[int]):
         delete = self._deleter()
         if delete is None:
             return
-        rows = self.shown.result.rows
-        if not isinstance(rows, FlowRows):
+        if self.settings.group != "none":
             self.notify("leave the grouped view to delete flows", severity="warning")
             return
+        # The flows the dialog names must be the ones deleted: take them from the current
+        # settings, not from a view on screen that a worker may be about to replace.
+        shown = self.shown
+        if shown.settings != self.settings:
+            shown = self._compute(shown.sample, self.settings, None)
+        rows = shown.result.rows
+        assert isinstance(rows, FlowRows)
         flows = list(rows.flows)
         what = self.settings.describe()
         if what:

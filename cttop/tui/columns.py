@@ -74,6 +74,7 @@ class Column:
     priority: int  # lower survives longer when space is short
     right: bool = False
     flex: int = 0  # share of the leftover width
+    max_width: int = 0  # a flex column grows no wider (0: no limit)
     cell: Callable[[Any, Rate | None, Options], Cell] = lambda r, rate, o: ("", PLAIN)
 
 
@@ -184,7 +185,7 @@ def _group_flows(g: GroupRow, rate: Rate | None, o: Options) -> Cell:
 
 
 GROUP_COLUMNS: tuple[Column, ...] = (
-    Column("key", "GROUP", None, 30, 0, flex=1, cell=_group_key),
+    Column("key", "GROUP", None, 30, 0, flex=1, max_width=56, cell=_group_key),
     Column("flows", "FLOWS", "flows", 7, 0, right=True, cell=_group_flows),
     Column("orig_rate", "ORIG/s", "orig_rate", 9, 0, right=True, cell=_orig_rate),
     Column("reply_rate", "REPLY/s", "reply_rate", 9, 0, right=True, cell=_reply_rate),
@@ -222,6 +223,8 @@ def layout(
             flex_seen += c.flex
             w = spare * flex_seen // flex_total - given
             given += w
+            if c.max_width:
+                w = min(w, c.max_width)
             out.append((c, max(w, 4)))
         else:
             out.append((c, c.width))

@@ -39,6 +39,7 @@ class HeaderState:
     clock: float | None = None  # wall time to show (the recording's own in a replay)
     stretched: bool = False  # the poll took more than half the interval
     effective_interval: float | None = None  # the interval actually used, when stretched
+    speed: float | None = None  # a replay's pace (replaces the interval in the header)
 
 
 def fill_bar(count: int, maximum: int) -> Text:
@@ -54,7 +55,8 @@ def fill_bar(count: int, maximum: int) -> Text:
         "▏▎▍▌▋▊▉"[int((cells - full) * 7)] if full < FILL_BAR and cells - full > 1 / 14 else ""
     )
     bar = "█" * full + partial
-    text = Text("▕", style="dim")
+    text = Text()
+    text.append("▕", style="dim")
     text.append(bar.ljust(FILL_BAR), style=style)
     text.append("▏", style="dim")
     text.append(f" {count:,}/{maximum:,} ({100 * frac:.1f}%)", style=style)
@@ -87,7 +89,8 @@ class Header(Widget):
         s = self.sample
         # line 1, most important first (a narrow terminal cuts the end): who, when, modes,
         # table fill, timing
-        l1 = Text("cttop", style="bold cyan")
+        l1 = Text()
+        l1.append("cttop", style="bold cyan")
         if st.label:
             l1.append(f" {st.label}", style="bold")
         clock = st.clock if st.clock is not None else time.time()
@@ -108,7 +111,10 @@ class Header(Widget):
         else:
             l1.append("waiting for the first poll…", style="dim")
         l1.append_text(_sep())
-        l1.append(f"every {st.interval:g}s")
+        if st.speed is not None:
+            l1.append(f"replay ×{st.speed:g}")
+        else:
+            l1.append(f"every {st.interval:g}s")
         if st.effective_interval and st.effective_interval > st.interval + 0.01:
             l1.append(f" → {st.effective_interval:.1f}s", style="bold yellow")
         if st.poll_ms is not None:
@@ -116,10 +122,21 @@ class Header(Widget):
         if st.stretched:
             l1.append(" (dump slower than half the interval)", style="yellow")
 
-        # line 2: mix and rates
+        # line 2: total rates and churn first (they must survive a narrow terminal), then the mix
         l2 = Text()
         if s is not None:
             t = s.totals
+            rate = t.rate
+            l2.append("↑ ")
+            l2.append(human_rate(rate.orig_bytes_per_s if rate else None, st.bits), style="bold")
+            l2.append("  ↓ ")
+            l2.append(human_rate(rate.reply_bytes_per_s if rate else None, st.bits), style="bold")
+            l2.append_text(_sep())
+            if t.new_per_s is not None and t.vanished_per_s is not None:
+                l2.append(f"new {t.new_per_s:.1f}/s  gone {t.vanished_per_s:.1f}/s")
+            else:
+                l2.append("new -  gone -", style="dim")
+            l2.append_text(_sep())
             by_proto = sorted(t.by_proto.items(), key=lambda kv: (-kv[1], kv[0]))
             for i, (name, n) in enumerate(by_proto[:5]):
                 if i:
@@ -135,17 +152,6 @@ class Header(Widget):
                         l2.append(
                             " (" + ", ".join(f"{k} {v:,}" for k, v in states) + ")", style="dim"
                         )
-            l2.append_text(_sep())
-            rate = t.rate
-            l2.append("↑ ")
-            l2.append(human_rate(rate.orig_bytes_per_s if rate else None, st.bits), style="bold")
-            l2.append("  ↓ ")
-            l2.append(human_rate(rate.reply_bytes_per_s if rate else None, st.bits), style="bold")
-            l2.append_text(_sep())
-            if t.new_per_s is not None and t.vanished_per_s is not None:
-                l2.append(f"new {t.new_per_s:.1f}/s  gone {t.vanished_per_s:.1f}/s")
-            else:
-                l2.append("new -  gone -", style="dim")
 
         # line 3: what is shown
         l3 = Text()
@@ -159,8 +165,8 @@ class Header(Widget):
         l3.append(st.group)
         if s is not None and st.shown is not None:
             l3.append_text(_sep())
-            what = "flows" if st.group == "none" else "groups"
-            l3.append(f"{st.shown:,} {what}")
+            what = "flow" if st.group == "none" else "group"
+            l3.append(f"{st.shown:,} {what}{'' if st.shown == 1 else 's'}")
             if st.matched_flows is not None and st.filter_text:
                 l3.append(
                     f" ({st.matched_flows:,} of {len(s.snapshot.flows):,} flows)", style="dim"

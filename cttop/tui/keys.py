@@ -21,7 +21,7 @@ KEYS: tuple[tuple[str, str, str, str, bool], ...] = (
     ("sort_choose", "f6", "choose_sort", "Sort", True),
     ("reverse", "r", "reverse", "Reverse sort", False),
     ("group", "g", "cycle_group", "Group", True),
-    ("detail", "enter", "detail", "Detail", False),
+    ("detail", "enter", "detail", "Detail (on a group: its flows)", False),
     ("pause", "space", "pause", "Pause", True),
     ("faster", "plus,equals_sign", "interval(-1)", "Shorter interval", False),
     ("slower", "minus", "interval(1)", "Longer interval", False),

@@ -136,7 +136,7 @@ class DetailScreen(ModalScreen[None]):
         self.gone = False
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="detail-body"):
+        with VerticalScroll(id="detail-body"):
             yield Static(id="detail-title", classes="title")
             yield Static(id="detail-main")
             with Horizontal(id="detail-tuples"):
@@ -174,7 +174,8 @@ class DetailScreen(ModalScreen[None]):
         self.query_one("#detail-reply", Static).update(
             _tuple_table("reply", f.reply, f.reply_packets, f.reply_bytes)
         )
-        self.query_one("#detail-spark", Sparkline).data = [v or 0.0 for v in self.history]
+        # Absent rates (first sight, counters reset) are left out, not drawn as zero.
+        self.query_one("#detail-spark", Sparkline).data = [v for v in self.history if v is not None]
 
     def action_dismiss(self, result: Any = None) -> Any:
         return self.dismiss(result)

@@ -225,7 +225,3 @@ class FlowTable(ScrollView, can_focus=True):
             if index == self.cursor and event.chain >= 2:
                 self.post_message(self.Chosen(index))
             self.cursor = index
-
-    def key_enter(self) -> None:
-        if self.rows:
-            self.post_message(self.Chosen(self.cursor))
