@@ -214,7 +214,8 @@ class CttopApp(App[int]):
         timer: Callable[[], float] = time.monotonic,
         autopoll: bool = True,
     ) -> None:
-        super().__init__()
+        # NO_COLOR (no-color.org): the terminal's own colours only, no colour sequences.
+        super().__init__(ansi_color=bool(os.environ.get("NO_COLOR")))
         self.source = source
         self.interval = interval
         self.settings = settings or ViewSettings()
