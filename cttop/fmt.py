@@ -277,6 +277,8 @@ def summary_line(sample: Sample, bits: bool = False) -> str:
         parts.append(f"accounting off for {totals.no_counters} flows")
     if snap.skipped:
         parts.append(f"{snap.skipped} malformed messages skipped")
+    if snap.resized:
+        parts.append("hash table resized during the dump: flows may be missing")
     return "  ".join(parts)
 
 

@@ -238,7 +238,10 @@ def _ends_answer(data: bytes, seq: int) -> bool:
         length, t, _flags, mseq = unpack(data, off)
         if length < 16 or off + length > n:
             return False
-        if NLMSG_ERROR <= t <= NLMSG_OVERRUN and mseq == seq:
+        # frame_answer counts an NLMSG_ERROR too short for its errno as malformed and reads
+        # on: so must we.
+        short_error = t == NLMSG_ERROR and length < 20
+        if NLMSG_ERROR <= t <= NLMSG_OVERRUN and mseq == seq and not short_error:
             return True
         off += (length + 3) & ~3
     return False

@@ -34,6 +34,8 @@ from cttop.netlink import (
 
 _CT = c.NFNL_SUBSYS_CTNETLINK << 8
 _PAYLOAD = NLMSG_HDR.size + NFGENMSG.size
+_BUCKETS = "/proc/sys/net/netfilter/nf_conntrack_buckets"
+_RESIZE_RETRIES = 3
 _FAMILY = NLMSG_HDR.size  # nfgen_family: the first byte after the netlink header
 
 
@@ -277,14 +279,9 @@ class ConntrackClient:
                     totals[name] = totals.get(name, 0) + struct.unpack_from(">I", msg.buf, s)[0]
         return totals
 
-    def snapshot(self, with_stats: bool = False, raw_sink: RawSink | None = None) -> Snapshot:
-        """One poll: the deduplicated table plus its count and max, timestamped.
-
-        `raw_sink` receives the poll's messages as the kernel sent them, in order: the dump's
-        messages, its NLMSG_DONE, then the IPCTNL_MSG_CT_GET_STATS reply (when the kernel
-        answered it) — what a recording stores (cttop.record).
-        """
-        stats = DumpStats()
+    def _dump_into_dict(
+        self, stats: DumpStats, raw_sink: RawSink | None
+    ) -> tuple[dict[FlowKey, Flow], float, float]:
         flows: dict[FlowKey, Flow] = {}
         # Nothing built here can form a cycle; without this the collector would walk the
         # whole growing table again and again while it is being built.
@@ -299,11 +296,36 @@ class ConntrackClient:
         finally:
             if gc_was_enabled:
                 gc.enable()
+        return flows, started, time.monotonic()
+
+    def snapshot(self, with_stats: bool = False, raw_sink: RawSink | None = None) -> Snapshot:
+        """One poll: the deduplicated table plus its count and max, timestamped.
+
+        `raw_sink` receives the poll's messages as the kernel sent them, in order: the dump's
+        messages, its NLMSG_DONE, then the IPCTNL_MSG_CT_GET_STATS reply (when the kernel
+        answered it) — what a recording stores (cttop.record).
+        """
+        # A resize of the (shared) hash table while the kernel walks it makes the dump skip or
+        # repeat entries, silently (no NLM_F_DUMP_INTR). nf_conntrack_buckets tells: a dump that
+        # saw it change is taken again, a few times at most; then the poll says so.
+        resized = True
+        messages: list[bytes] = []
+        for _attempt in range(_RESIZE_RETRIES + 1):
+            buckets = _read_int(_BUCKETS)
+            stats = DumpStats()
+            messages.clear()
+            sink = messages.append if raw_sink is not None else None
+            flows, started, ended = self._dump_into_dict(stats, sink)
+            if _read_int(_BUCKETS) == buckets:
+                resized = False
+                break
+        if raw_sink is not None:
+            for message in messages:  # the dump that is shown is the dump that is recorded
+                raw_sink(message)
         # The kernel reads each entry at some moment during the dump (a small table's all at
         # once, while it walks the shared hash table): the middle of the dump is the best
         # single time for all of them, and what rates are computed against.
-        ended = time.monotonic()
-        wall = time.time() - (ended - started) / 2
+        wall = time.time() - (time.monotonic() - (started + ended) / 2)
         mono = (started + ended) / 2
         count, maximum = self.table_size(raw_sink) if raw_sink is not None else self.table_size()
         cpu = None
@@ -312,7 +334,7 @@ class ConntrackClient:
                 cpu = self.cpu_stats()
             except ConntrackError:
                 cpu = None
-        return Snapshot(mono, wall, flows, count, maximum, cpu, stats.malformed)
+        return Snapshot(mono, wall, flows, count, maximum, cpu, stats.malformed, resized)
 
     def delete(self, flow: Flow) -> bool:
         """Delete one entry by its original tuple (and id, so a reused tuple is spared).

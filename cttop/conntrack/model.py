@@ -130,3 +130,4 @@ class Snapshot(NamedTuple):
     table_max: int | None  # nf_conntrack_max (None when unknown)
     stats: dict[str, int] | None = None  # per-CPU statistics summed, when asked for
     skipped: int = 0  # malformed messages skipped in this dump
+    resized: bool = False  # the hash table kept being resized under the dump: may miss flows

@@ -5,7 +5,10 @@ up. The UI thread renders; it never parses netlink and never walks the whole tab
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -254,6 +257,7 @@ class CttopApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._exit_on_signals()
         if self._keymap:
             self.set_keymap(self._keymap)
         self.query_one(FlowTable).focus()
@@ -263,6 +267,16 @@ class CttopApp(App[int]):
         self.set_interval(1.0, self._tick_clock)
         self._render_header()
         self.poll()
+
+    def _exit_on_signals(self) -> None:
+        """A dead SSH session (SIGHUP) or a plain kill (SIGTERM) ends cttop as q does, so the
+        terminal is put back the way it was."""
+        if self.is_headless:
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.exit)
 
     def on_unmount(self) -> None:
         if self.resolver is not None:

@@ -203,15 +203,23 @@ def layout(
     shown = [c for c in columns if c.id not in hide]
     gap = 1
 
-    def need(cols: list[Column]) -> int:
+    def need(cols: list[Column], flex_min: int | None = None) -> int:
         # Flex columns ask for their preferred width before optional columns may stay.
-        return sum(c.width for c in cols) + gap * (len(cols) - 1)
+        widths = (c.width if not c.flex or flex_min is None else flex_min for c in cols)
+        return sum(widths) + gap * (len(cols) - 1)
 
     while len(shown) > 1 and need(shown) > width:
         victim = max(shown, key=lambda c: c.priority)
         if victim.priority == 0:
             break
         shown.remove(victim)
+    # Only essentials left and still too wide: the addresses shrink to 12, and the rightmost
+    # fixed columns go until they fit.
+    while need(shown, flex_min=12) > width:
+        fixed_cols = [c for c in shown if not c.flex]
+        if not fixed_cols or len(shown) == 1:
+            break
+        shown.remove(fixed_cols[-1])
     fixed = sum(c.width for c in shown if not c.flex) + gap * (len(shown) - 1)
     flex_total = sum(c.flex for c in shown)
     spare = max(0, width - fixed)
@@ -225,7 +233,7 @@ def layout(
             given += w
             if c.max_width:
                 w = min(w, c.max_width)
-            out.append((c, max(w, 4)))
+            out.append((c, max(w, 12)))
         else:
             out.append((c, c.width))
     return out

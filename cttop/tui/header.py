@@ -210,6 +210,8 @@ def notices_for(sample: Sample) -> list[str]:
     flows = sample.snapshot.flows
     if flows and all(f.start is None for f in islice(flows.values(), 200)):
         out.append("timestamps off (no ages): sysctl -w net.netfilter.nf_conntrack_timestamp=1")
+    if sample.snapshot.resized:
+        out.append("the hash table was resized during this poll's dump: flows may be missing")
     if sample.snapshot.skipped:
         out.append(f"{sample.snapshot.skipped} malformed kernel messages skipped")
     return out
