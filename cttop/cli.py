@@ -364,6 +364,7 @@ def run_batch(args: argparse.Namespace, out: TextIO) -> int:
     render = _renderer(args)
     sampler = Sampler()
     heap = HeapPolicy()
+    heap.before_poll()
     # A demo plays once, or loops when -n asks for more polls than it holds.
     with _source(args, loop=args.demo and args.iterations is not None) as source:
         for i, snapshot in enumerate(_polls(args, source)):
@@ -371,6 +372,7 @@ def run_batch(args: argparse.Namespace, out: TextIO) -> int:
             out.write(render(sample, i == 0))
             out.flush()
             heap.after_poll()
+            heap.before_poll()  # collections stay off while the next poll builds its table
     return EXIT_OK
 
 

@@ -19,10 +19,16 @@ class HeapPolicy:
         self.full_every = full_every
         self.last_full = time.monotonic()
 
+    def before_poll(self) -> None:
+        """No collection while a poll builds its objects: a pass would walk them all."""
+        gc.disable()
+
     def after_poll(self) -> None:
         now = time.monotonic()
         if now - self.last_full >= self.full_every:
             gc.unfreeze()
             gc.collect()
             self.last_full = now
+        # Freeze before collections resume, or the first one walks the whole new table.
         gc.freeze()
+        gc.enable()

@@ -226,6 +226,7 @@ class CttopApp(App[int]):
         self.read_only = read_only
         self.sampler = Sampler()
         self.heap = HeapPolicy()
+        self._retired: list[Shown] = []  # samples off screen, left for a worker to free
         self.shown: Shown | None = None
         self.selected_key: Any = None
         self.paused = False
@@ -297,12 +298,17 @@ class CttopApp(App[int]):
     @work(thread=True, group="poll", exit_on_error=False)
     def _poll_worker(self, settings: ViewSettings, key: Any) -> None:
         started = self._timer()
+        # Drop the samples the screen no longer shows here, not on the UI thread: freeing a
+        # big table takes tens of milliseconds.
+        self._retired.clear()
+        self.heap.before_poll()
         try:
             snapshot = self.source.snapshot()
             sample = self.sampler.step(snapshot)
             shown = self._compute(sample, settings, key)
             self.heap.after_poll()
         except Exception as e:  # shown in the header; polling goes on
+            self.heap.after_poll()
             self.call_from_thread(self._poll_failed, e, self._timer() - started)
             return
         self.call_from_thread(self._poll_done, shown, self._timer() - started)
@@ -386,6 +392,8 @@ class CttopApp(App[int]):
         return Options(bits=self.bits, names=names, now=sample.time_wall)
 
     def _show(self, shown: Shown) -> None:
+        if self.shown is not None:
+            self._retired.append(self.shown)  # freed by the next poll worker
         self.shown = shown
         table = self.query_one(FlowTable)
         columns = GROUP_COLUMNS if shown.settings.group != "none" else FLOW_COLUMNS
