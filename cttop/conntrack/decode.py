@@ -43,17 +43,38 @@ _ADDR_CACHE: dict[bytes, str] = {}
 _ADDR_CACHE_MAX: Final = 1 << 18
 
 
-def _addr(buf: bytes, s: int, e: int, size: int) -> str:
-    if e - s != size:
-        raise DecodeError(f"address of {e - s} bytes where {size} expected")
-    raw = bytes(buf[s:e])
+def _addr_text(raw: bytes) -> str:
     text = _ADDR_CACHE.get(raw)
     if text is None:
-        text = _ntop(_AF_INET if size == 4 else _AF_INET6, raw)
+        text = _ntop(_AF_INET if len(raw) == 4 else _AF_INET6, raw)
         if len(_ADDR_CACHE) >= _ADDR_CACHE_MAX:
             _ADDR_CACHE.clear()
         _ADDR_CACHE[raw] = text
     return text
+
+
+_TUPLE_LEAVES: Final = {
+    (c.CTA_TUPLE_IP, c.CTA_IP_V4_SRC): ("src", "4s", 4),
+    (c.CTA_TUPLE_IP, c.CTA_IP_V4_DST): ("dst", "4s", 4),
+    (c.CTA_TUPLE_IP, c.CTA_IP_V6_SRC): ("src", "16s", 16),
+    (c.CTA_TUPLE_IP, c.CTA_IP_V6_DST): ("dst", "16s", 16),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_NUM): ("proto", "B", 1),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_SRC_PORT): ("sport", "H", 2),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_DST_PORT): ("dport", "H", 2),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMP_ID): ("icmp_id", "H", 2),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMPV6_ID): ("icmp_id", "H", 2),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMP_TYPE): ("icmp_type", "B", 1),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMPV6_TYPE): ("icmp_type", "B", 1),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMP_CODE): ("icmp_code", "B", 1),
+    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMPV6_CODE): ("icmp_code", "B", 1),
+}
+_TUPLE_FIELDS: Final = ("src", "dst", "sport", "dport", "icmp_type", "icmp_code", "icmp_id", "zone")
+
+
+def _addr(buf: bytes, s: int, e: int, size: int) -> str:
+    if e - s != size:
+        raise DecodeError(f"address of {e - s} bytes where {size} expected")
+    return _addr_text(bytes(buf[s:e]))
 
 
 def _walk(buf: bytes, off: int, end: int) -> list[tuple[int, int, int, bool]]:
@@ -96,39 +117,27 @@ def _string(buf: bytes, s: int, e: int) -> str:
 
 
 def decode_tuple(buf: bytes, off: int, end: int) -> tuple[Tuple, int | None]:
-    """A CTA_TUPLE_* nest -> (Tuple, protocol number or None)."""
-    src = dst = None
-    proto = sport = dport = itype = icode = iid = zone = None
+    """A CTA_TUPLE_* nest -> (Tuple, protocol number or None). Reads _TUPLE_LEAVES, the same
+    table the compiled shapes are built from."""
+    values: dict[str, int | str] = {}
     for t, s, e, nested in _walk(buf, off, end):
-        if t == c.CTA_TUPLE_IP:
-            for at, as_, ae, an in _walk(buf, s, e):
-                if an and c.CTA_IP_V4_SRC <= at <= c.CTA_IP_V6_DST:
-                    raise DecodeError("address attribute marked nested")
-                if at == c.CTA_IP_V4_SRC:
-                    src = _addr(buf, as_, ae, 4)
-                elif at == c.CTA_IP_V4_DST:
-                    dst = _addr(buf, as_, ae, 4)
-                elif at == c.CTA_IP_V6_SRC:
-                    src = _addr(buf, as_, ae, 16)
-                elif at == c.CTA_IP_V6_DST:
-                    dst = _addr(buf, as_, ae, 16)
-        elif t == c.CTA_TUPLE_PROTO:
-            for pt, ps, pe, pn in _walk(buf, s, e):
-                if pt == c.CTA_PROTO_NUM:
-                    proto = _u8(buf, ps, pe, pn, "CTA_PROTO_NUM")
-                elif pt == c.CTA_PROTO_SRC_PORT:
-                    sport = _u16(buf, ps, pe, pn, "CTA_PROTO_SRC_PORT")
-                elif pt == c.CTA_PROTO_DST_PORT:
-                    dport = _u16(buf, ps, pe, pn, "CTA_PROTO_DST_PORT")
-                elif pt in (c.CTA_PROTO_ICMP_ID, c.CTA_PROTO_ICMPV6_ID):
-                    iid = _u16(buf, ps, pe, pn, "CTA_PROTO_ICMP_ID")
-                elif pt in (c.CTA_PROTO_ICMP_TYPE, c.CTA_PROTO_ICMPV6_TYPE):
-                    itype = _u8(buf, ps, pe, pn, "CTA_PROTO_ICMP_TYPE")
-                elif pt in (c.CTA_PROTO_ICMP_CODE, c.CTA_PROTO_ICMPV6_CODE):
-                    icode = _u8(buf, ps, pe, pn, "CTA_PROTO_ICMP_CODE")
-        elif t == c.CTA_TUPLE_ZONE:
-            zone = _u16(buf, s, e, nested, "CTA_TUPLE_ZONE")
-    return Tuple(src, dst, sport, dport, itype, icode, iid, zone), proto
+        if t == c.CTA_TUPLE_ZONE:
+            values["zone"] = _u16(buf, s, e, nested, "CTA_TUPLE_ZONE")
+        elif t in (c.CTA_TUPLE_IP, c.CTA_TUPLE_PROTO):
+            for lt, ls, le, ln in _walk(buf, s, e):
+                leaf = _TUPLE_LEAVES.get((t, lt))
+                if leaf is None:
+                    continue  # unknown to us: ignored
+                name, _fmt, size = leaf
+                if t == c.CTA_TUPLE_IP:
+                    if ln:
+                        raise DecodeError("address attribute marked nested")
+                    values[name] = _addr(buf, ls, le, size)
+                else:
+                    values[name] = _uint(buf, ls, le, ln, size, name)
+    fields = [values.get(name) for name in _TUPLE_FIELDS]
+    proto = values.get("proto")
+    return Tuple(*fields), proto  # type: ignore[arg-type,return-value]
 
 
 def _counters(buf: bytes, off: int, end: int) -> tuple[int | None, int | None]:
@@ -278,34 +287,6 @@ def _decode_tuples_region_reference(region: bytes) -> tuple[Tuple, Tuple, int]:
     if protonum is None:
         raise DecodeError("original tuple without a protocol number")
     return orig, reply, protonum
-
-
-def _addr_text(raw: bytes) -> str:
-    text = _ADDR_CACHE.get(raw)
-    if text is None:
-        text = _ntop(_AF_INET if len(raw) == 4 else _AF_INET6, raw)
-        if len(_ADDR_CACHE) >= _ADDR_CACHE_MAX:
-            _ADDR_CACHE.clear()
-        _ADDR_CACHE[raw] = text
-    return text
-
-
-_TUPLE_LEAVES: Final = {
-    (c.CTA_TUPLE_IP, c.CTA_IP_V4_SRC): ("src", "4s", 4),
-    (c.CTA_TUPLE_IP, c.CTA_IP_V4_DST): ("dst", "4s", 4),
-    (c.CTA_TUPLE_IP, c.CTA_IP_V6_SRC): ("src", "16s", 16),
-    (c.CTA_TUPLE_IP, c.CTA_IP_V6_DST): ("dst", "16s", 16),
-    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_NUM): ("proto", "B", 1),
-    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_SRC_PORT): ("sport", "H", 2),
-    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_DST_PORT): ("dport", "H", 2),
-    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMP_ID): ("icmp_id", "H", 2),
-    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMPV6_ID): ("icmp_id", "H", 2),
-    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMP_TYPE): ("icmp_type", "B", 1),
-    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMPV6_TYPE): ("icmp_type", "B", 1),
-    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMP_CODE): ("icmp_code", "B", 1),
-    (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMPV6_CODE): ("icmp_code", "B", 1),
-}
-_TUPLE_FIELDS: Final = ("src", "dst", "sport", "dport", "icmp_type", "icmp_code", "icmp_id", "zone")
 
 
 def _compile_region(region: bytes) -> object | None:
