@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from cttop import netlink
 from cttop.conntrack import const as c
 from cttop.conntrack.client import ConntrackClient, ConntrackError
 from cttop.conntrack.model import Flow
@@ -423,6 +424,36 @@ def test_abandoned_dumps_leave_no_trace(big_table: tuple[NetNS, ConntrackClient]
     while receivers() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert receivers() == []
+
+
+@pytest.mark.root
+def test_batched_receive_batches_and_equals_one_by_one(
+    big_table: tuple[NetNS, ConntrackClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """recvmmsg collects the datagrams the kernel builds back to back in one call; the table it
+    gives is exactly the one datagram-per-call receive gives (the fallback where libc lacks
+    recvmmsg)."""
+    _, client = big_table
+    sizes: list[int] = []
+    real = NetlinkSocket.recv_batch
+
+    def counting(self: NetlinkSocket) -> list[bytes]:
+        got = real(self)
+        sizes.append(len(got))
+        return got
+
+    monkeypatch.setattr(NetlinkSocket, "recv_batch", counting)
+    batched = client.snapshot().flows
+    assert sum(sizes) > 10 and max(sizes) > 1, sizes  # 4000 flows: dozens of datagrams
+    assert max(sizes) <= netlink.RECV_BATCH
+    monkeypatch.setattr(netlink, "_recvmmsg", None)
+    sizes.clear()
+    single = client.snapshot().flows
+    assert set(sizes) == {1}
+    assert {k: f._replace(timeout=None) for k, f in batched.items()} == {
+        k: f._replace(timeout=None) for k, f in single.items()
+    }
+    assert len(single) == N_TABLE
 
 
 @pytest.mark.root
