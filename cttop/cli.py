@@ -29,8 +29,8 @@ from cttop.fmt import (
 from cttop.heap import HeapPolicy
 from cttop.netlink import enter_netns
 from cttop.record import RecordingError, ReplaySource, demo_source
-from cttop.sampler import Sample, Sampler
-from cttop.source import LiveSource, Source
+from cttop.sampler import Sample, Sampler, StepFeed
+from cttop.source import LiveSource
 from cttop.view import (
     GROUP_KEYS,
     SORT_KEYS,
@@ -306,8 +306,11 @@ def _replay_source(args: argparse.Namespace, loop: bool) -> ReplaySource:
     return source
 
 
-def _polls(args: argparse.Namespace, source: Source) -> Iterator[Snapshot]:
-    """The snapshots of a batch run, paced, until -n / --duration / the end of a recording."""
+def _polls(
+    args: argparse.Namespace, source: LiveSource | ReplaySource, sampler: Sampler | None = None
+) -> Iterator[tuple[Snapshot, StepFeed | None]]:
+    """The snapshots of a batch run, paced, until -n / --duration / the end of a recording;
+    each with the `sampler`'s feed it was given while its dump arrived (live table only)."""
     limit = args.iterations
     if isinstance(source, ReplaySource):
         # The output does not depend on the pace (times come from the file): a script gets it
@@ -320,7 +323,7 @@ def _polls(args: argparse.Namespace, source: Source) -> Iterator[Snapshot]:
                 wait = due - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
-            yield source.snapshot()
+            yield source.snapshot(), None
             i += 1
         return
     if args.duration is not None:
@@ -333,10 +336,11 @@ def _polls(args: argparse.Namespace, source: Source) -> Iterator[Snapshot]:
             wait = start + i * args.delay - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-        snapshot = source.snapshot()
-        if isinstance(source, LiveSource) and source.recording_error is not None:
+        fed = sampler.feed() if sampler is not None else None
+        snapshot = source.snapshot(feed=fed)
+        if source.recording_error is not None:
             raise CliError(str(source.recording_error))
-        yield snapshot
+        yield snapshot, fed
         i += 1
 
 
@@ -367,8 +371,8 @@ def run_batch(args: argparse.Namespace, out: TextIO) -> int:
     heap.before_poll()
     # A demo plays once, or loops when -n asks for more polls than it holds.
     with _source(args, loop=args.demo and args.iterations is not None) as source:
-        for i, snapshot in enumerate(_polls(args, source)):
-            sample = sampler.step(snapshot)
+        for i, (snapshot, fed) in enumerate(_polls(args, source, sampler)):
+            sample = sampler.step(snapshot, fed)
             out.write(render(sample, i == 0))
             out.flush()
             heap.after_poll()

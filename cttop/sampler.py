@@ -16,7 +16,17 @@ from typing import NamedTuple, overload
 from cttop.conntrack.const import IPPROTO_TCP, proto_name, state_name
 from cttop.conntrack.model import Flow, FlowKey, Snapshot
 
-__all__ = ["ZERO_RATE", "FlowRow", "FlowRows", "Rate", "Sample", "Sampler", "Totals", "rates_sum"]
+__all__ = [
+    "ZERO_RATE",
+    "FlowRow",
+    "FlowRows",
+    "Rate",
+    "Sample",
+    "Sampler",
+    "StepFeed",
+    "Totals",
+    "rates_sum",
+]
 
 
 class Rate(NamedTuple):
@@ -200,6 +210,124 @@ _proto_and_state = attrgetter("protonum", "state")
 _new_tuple = tuple.__new__
 
 
+class StepFeed:
+    """The per-flow half of `Sampler.step`, which can run while a dump arrives.
+
+    Reads the sampler's state and writes only its own: a feed that is dropped (a dump taken
+    again, a failed poll) leaves the sampler as it was. What needs the snapshot's time (rates,
+    history, returned flows) is left to `Sampler.step`, for the few flows that moved.
+    """
+
+    __slots__ = (
+        "_keep",
+        "_prev",
+        "_step",
+        "_vanished",
+        "count",
+        "dirty",
+        "flows",
+        "gone",
+        "idle",
+        "metering",
+        "moved",
+        "new",
+        "no_counters",
+        "rates",
+        "restarted",
+        "returned",
+    )
+
+    def __init__(self, sampler: Sampler) -> None:
+        self._prev = sampler._prev_flows
+        self._step = sampler._step
+        self._vanished = sampler._vanished
+        self._keep = sampler.keep_vanished
+        self.begin()
+
+    def begin(self) -> None:
+        """Start over (the dump is taken again)."""
+        # Each flow found is popped from a copy of the previous table, so what is left at the
+        # end is what vanished: no second pass over 250k keys (a set difference re-hashes them).
+        self.gone = self._prev.copy()
+        self.rates: list[Rate | None] = []
+        self.new: list[FlowKey] = []
+        self.metering: list[FlowKey] = []
+        self.returned: list[tuple[int, FlowKey, Flow]] = []
+        self.moved: list[tuple[int, FlowKey, int, int, int, int]] = []
+        self.count = 0
+        self.flows: dict[FlowKey, Flow] | None = None
+        self.no_counters = 0
+        self.restarted = 0
+        self.idle = False  # some rate is ZERO_RATE (to be undone if the step has no interval)
+        self.dirty = False
+
+    def add(self, flows: dict[FlowKey, Flow], batch: list[Flow]) -> None:
+        """Put the next flows of a dump into the snapshot's dict `flows` (by key; a key that
+        comes again replaces its earlier copy, which the step then redoes from the snapshot)
+        and diff them. Building the dict here saves a second pass over every flow."""
+        put = flows.setdefault
+        take = self.gone.pop
+        vanished = self._vanished
+        rates = self.rates
+        append = rates.append
+        idle = False
+        # A flow missing for longer than keep_vanished polls is forgotten by the step: new.
+        oldest = self._step + 1 - self._keep
+        for f in batch:
+            key = (f.zone, f.orig, f.id)
+            if put(key, f) is not f:
+                flows[key] = f
+                self.dirty = True
+                continue
+            p = take(key, None)
+            if p is None:
+                back = vanished.get(key) if vanished else None
+                if back is not None and back[2] >= oldest:
+                    self.returned.append((len(rates), key, f))
+                else:
+                    self.new.append(key)
+                    if not _metered(f):
+                        self.no_counters += 1
+                append(None)
+                continue
+            ob = f.orig_bytes
+            rb = f.reply_bytes
+            op = f.orig_packets
+            rp = f.reply_packets
+            if ob is None or rb is None or op is None or rp is None:
+                self.no_counters += 1
+                append(None)
+                continue
+            pob = p.orig_bytes
+            prb = p.reply_bytes
+            pop = p.orig_packets
+            prp = p.reply_packets
+            if ob == pob and rb == prb and op == pop and rp == prp:
+                # The common case in a big table: nothing moved since the last poll.
+                append(ZERO_RATE)
+                idle = True
+                continue
+            if pob is None or prb is None or pop is None or prp is None:
+                self.metering.append(key)
+            else:
+                self.moved.append((len(rates), key, ob - pob, rb - prb, op - pop, rp - prp))
+            append(None)
+        if idle:
+            self.idle = True
+        self.count = len(flows)
+        self.flows = flows
+
+    def fits(self, sampler: Sampler, flows: dict[FlowKey, Flow]) -> bool:
+        """Was this feed given exactly `flows`, against `sampler` as it is now?"""
+        return (
+            not self.dirty
+            and self._step == sampler._step
+            and self._prev is sampler._prev_flows
+            and self.flows is flows
+            and self.count == len(flows)
+        )
+
+
 class Sampler:
     """Turns successive snapshots into samples (flows + rates + totals) and keeps history.
 
@@ -247,13 +375,25 @@ class Sampler:
 
     # -- the step -------------------------------------------------------------------------------
 
-    def step(self, snapshot: Snapshot) -> Sample:
-        """Diff `snapshot` against the previous one. O(flows): one dict lookup per flow."""
+    def feed(self) -> StepFeed:
+        """A feed for the next step: give it the next snapshot's flows as a dump delivers them
+        (`ConntrackClient.snapshot(feed=...)`), then pass it to `step` with that snapshot. The
+        per-flow half of the step then runs while the kernel is still dumping."""
+        return StepFeed(self)
+
+    def step(self, snapshot: Snapshot, fed: StepFeed | None = None) -> Sample:
+        """Diff `snapshot` against the previous one. O(flows): one dict lookup per flow.
+
+        `fed`: a `feed()` that was given exactly `snapshot.flows`, in order, since this
+        sampler's last step; anything else (or None) and the flows are diffed here.
+        """
+        flows = snapshot.flows
+        if fed is None or not fed.fits(self, flows):
+            fed = StepFeed(self)
+            fed.add({}, list(flows.values()))
         self._step += 1
         step = self._step
-        flows = snapshot.flows
         now = snapshot.time_monotonic
-        prev = self._prev_flows
         prev_time = self._prev_time
         first = prev_time is None
         interval = None if prev_time is None else now - prev_time
@@ -264,7 +404,6 @@ class Sampler:
             interval = None
             self._untimed.append(step)
         dt = interval or 0.0
-        zero_rate: Rate | None = ZERO_RATE if timed else None
 
         self._forget_vanished(step)
         vanished_store = self._vanished
@@ -275,79 +414,41 @@ class Sampler:
         template = self._ring_template
         max_rings = self.max_flow_histories
 
-        rates: list[Rate | None] = []
-        append = rates.append
-        # Each flow found is popped from a copy of the previous table, so what is left at the end
-        # is what vanished: no second pass over 250k keys (a set difference re-hashes them all).
-        gone = prev.copy()
-        take = gone.pop
-        new = returned = restarted = no_counters = 0
+        rates = fed.rates
+        if not timed and fed.idle:
+            rates = [None] * len(rates)  # no interval: not even "idle" is known
+        restarted = fed.restarted
+        no_counters = fed.no_counters
         sum_ob = sum_rb = sum_op = sum_rp = 0.0
+        for key in fed.new:
+            since[key] = step
+        for key in fed.metering:
+            # Counters appeared on a flow that had none: metering (and history) start now.
+            since[key] = step
+            rings.pop(key, None)
         rate: Rate | None
-
-        for key, f in flows.items():
-            p = take(key, None)
-            if p is None:
-                back = vanished_store.pop(key, None) if vanished_store else None
-                if back is None:
-                    new += 1
-                    since[key] = step
-                    if not _metered(f):
-                        no_counters += 1
-                    append(None)
-                    continue
-                returned += 1
-                rate, was_reset = self._resume(key, f, back, now, step)
-                restarted += was_reset
-                if rate is not None:
-                    sum_ob += rate[0]
-                    sum_rb += rate[1]
-                    sum_op += rate[2]
-                    sum_rp += rate[3]
-                elif not _metered(f):
-                    no_counters += 1
-                append(rate)
-                continue
-
-            ob = f.orig_bytes
-            rb = f.reply_bytes
-            op = f.orig_packets
-            rp = f.reply_packets
-            if ob is None or rb is None or op is None or rp is None:
+        for i, key, f in fed.returned:
+            rate, was_reset = self._resume(key, f, vanished_store.pop(key), now, step)
+            restarted += was_reset
+            if rate is not None:
+                sum_ob += rate[0]
+                sum_rb += rate[1]
+                sum_op += rate[2]
+                sum_rp += rate[3]
+            elif not _metered(f):
                 no_counters += 1
-                append(None)
-                continue
-            pob = p.orig_bytes
-            prb = p.reply_bytes
-            pop = p.orig_packets
-            prp = p.reply_packets
-            if ob == pob and rb == prb and op == pop and rp == prp:
-                # The common case in a big table: nothing moved since the last poll.
-                append(zero_rate)
-                continue
-            if pob is None or prb is None or pop is None or prp is None:
-                # Counters appeared on a flow that had none: metering (and history) start now.
-                since[key] = step
-                rings.pop(key, None)
-                append(None)
-                continue
-            dob = ob - pob
-            drb = rb - prb
-            dop = op - pop
-            drp = rp - prp
+            rates[i] = rate
+        for i, key, dob, drb, dop, drp in fed.moved:
             if dob < 0 or drb < 0 or dop < 0 or drp < 0:
                 # Zeroed by another tool (conntrack -L -z) or an entry reused under the same
                 # key: the rate starts over from these counters, never negative or wrapped.
                 restarted += 1
-                append(None)
                 value = _NAN
             elif not timed:
-                append(None)
                 value = _NAN
             else:
                 # tuple.__new__ skips NamedTuple's Python-level __new__: this runs per moved flow.
-                rate = _new_tuple(Rate, (dob / dt, drb / dt, dop / dt, drp / dt))
-                append(rate)
+                rate = rates[i] = _new_tuple(Rate, (dob / dt, drb / dt, dop / dt, drp / dt))
                 sum_ob += rate[0]
                 sum_rb += rate[1]
                 sum_op += rate[2]
@@ -369,6 +470,7 @@ class Sampler:
             ring[2 + step % n_hist] = value
             ring[_LAST] = step
 
+        gone = fed.gone
         vanished = len(gone)
         if self.keep_vanished:
             seen_at = now if prev_time is None else prev_time
@@ -390,6 +492,8 @@ class Sampler:
                 sname = state_name(protonum, state)
                 by_tcp_state[sname] = by_tcp_state.get(sname, 0) + count
 
+        new = len(fed.new)
+        returned = len(fed.returned)
         table_count, table_max = snapshot.table_count, snapshot.table_max
         totals = Totals(
             flows=len(flows),

@@ -11,16 +11,27 @@ import time
 from typing import Protocol
 
 from cttop.conntrack.client import ConntrackClient
-from cttop.conntrack.model import Flow, Snapshot
+from cttop.conntrack.model import Flow, FlowFeed, Snapshot
 from cttop.record import Recorder, RecordingError, ReplaySource, demo_source
+from cttop.sampler import Sample, Sampler
 
-__all__ = ["LiveSource", "RecordingError", "ReplaySource", "Source", "demo_source"]
+__all__ = ["LiveSource", "RecordingError", "ReplaySource", "Source", "demo_source", "take"]
 
 
 class Source(Protocol):
     """Yields one `Snapshot` per poll."""
 
     def snapshot(self) -> Snapshot: ...
+
+
+def take(source: Source, sampler: Sampler) -> Sample:
+    """One poll of `source`, stepped through `sampler`. A source that can (the live table)
+    hands the flows to the sampler while the dump arrives, so the diff overlaps the kernel's
+    work."""
+    if getattr(source, "feeds", False):
+        fed = sampler.feed()
+        return sampler.step(source.snapshot(feed=fed), fed)  # type: ignore[call-arg]
+    return sampler.step(source.snapshot())
 
 
 class LiveSource:
@@ -49,14 +60,19 @@ class LiveSource:
         self._lock = threading.Lock()
         self._client_lock = threading.Lock()  # a ConntrackClient does one request at a time
 
-    def snapshot(self) -> Snapshot:
+    # The flows can be handed to a FlowFeed while the dump arrives (see `take`).
+    feeds = True
+
+    def snapshot(self, feed: FlowFeed | None = None) -> Snapshot:
         recorder = self.recorder  # read once: another thread may detach it meanwhile
         if recorder is None:
             with self._client_lock:
-                return self.client.snapshot(with_stats=self.with_stats)
+                return self.client.snapshot(with_stats=self.with_stats, feed=feed)
         messages: list[bytes] = []
         with self._client_lock:
-            snap = self.client.snapshot(with_stats=self.with_stats, raw_sink=messages.append)
+            snap = self.client.snapshot(
+                with_stats=self.with_stats, raw_sink=messages.append, feed=feed
+            )
         try:
             recorder.write_snapshot(snap, messages)
         except RecordingError as e:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from cttop.conntrack import const as c
 from cttop.conntrack.decode import DecodeError, FastDecoder, decode_tuple
-from cttop.conntrack.model import Flow, FlowKey, Snapshot, Tuple
+from cttop.conntrack.model import Flow, FlowFeed, FlowKey, Snapshot, Tuple
 from cttop.netlink import (
     NFGENMSG,
     NLM_F_ACK,
@@ -280,30 +280,42 @@ class ConntrackClient:
         return totals
 
     def _dump_into_dict(
-        self, stats: DumpStats, raw_sink: RawSink | None
+        self, stats: DumpStats, raw_sink: RawSink | None, feed: FlowFeed | None = None
     ) -> tuple[dict[FlowKey, Flow], float, float]:
         flows: dict[FlowKey, Flow] = {}
         # Nothing built here can form a cycle; without this the collector would walk the
         # whole growing table again and again while it is being built.
         gc_was_enabled = gc.isenabled()
         gc.disable()
+        if feed is not None:
+            feed.begin()
         started = time.monotonic()
         try:
-            for batch in self.dump_batches(stats, raw_sink):
-                # A dump is not atomic: an entry can be sent twice; the later copy is fresher.
-                for flow in batch:
-                    flows[(flow.zone, flow.orig, flow.id)] = flow
+            if feed is None:
+                for batch in self.dump_batches(stats, raw_sink):
+                    # A dump is not atomic: an entry can be sent twice; the later copy is fresher.
+                    for flow in batch:
+                        flows[(flow.zone, flow.orig, flow.id)] = flow
+            else:
+                for batch in self.dump_batches(stats, raw_sink):
+                    feed.add(flows, batch)
         finally:
             if gc_was_enabled:
                 gc.enable()
         return flows, started, time.monotonic()
 
-    def snapshot(self, with_stats: bool = False, raw_sink: RawSink | None = None) -> Snapshot:
+    def snapshot(
+        self,
+        with_stats: bool = False,
+        raw_sink: RawSink | None = None,
+        feed: FlowFeed | None = None,
+    ) -> Snapshot:
         """One poll: the deduplicated table plus its count and max, timestamped.
 
         `raw_sink` receives the poll's messages as the kernel sent them, in order: the dump's
         messages, its NLMSG_DONE, then the IPCTNL_MSG_CT_GET_STATS reply (when the kernel
-        answered it) — what a recording stores (cttop.record).
+        answered it) — what a recording stores (cttop.record). `feed` is given the flows as
+        they arrive (see `FlowFeed`).
         """
         # A resize of the (shared) hash table while the kernel walks it makes the dump skip or
         # repeat entries, silently (no NLM_F_DUMP_INTR). nf_conntrack_buckets tells: a dump that
@@ -315,7 +327,7 @@ class ConntrackClient:
             stats = DumpStats()
             messages.clear()
             sink = messages.append if raw_sink is not None else None
-            flows, started, ended = self._dump_into_dict(stats, sink)
+            flows, started, ended = self._dump_into_dict(stats, sink, feed)
             if _read_int(_BUCKETS) == buckets:
                 resized = False
                 break

@@ -555,8 +555,9 @@ def _compile_shape(buf: bytes, off: int, end: int) -> _Shape | None:
         f"    r = v[{b.region}]\n"
         "    t = tuples.get(r)\n"
         "    if t is None:\n"
-        "        t = region(r)\n"
-        "    next_tuples[r] = t\n"
+        "        t = tuples[r] = region(r)\n"
+        "    if next_tuples is not None:\n"
+        "        next_tuples[r] = t\n"
         f"    return new(Flow, ({', '.join(flow_fields)}))\n"
     )
     env: dict[str, object] = {
@@ -576,22 +577,34 @@ def _compile_shape(buf: bytes, off: int, end: int) -> _Shape | None:
 class FastDecoder:
     """Decodes the messages of successive dumps, learning their shapes as it goes.
 
-    Call `begin()` before a dump and `end()` after it: the tuple cache then holds exactly the
-    flows of the last complete dump, so its size follows the table's.
+    Call `begin()` before a dump and `end()` after it. Tuples are cached by their raw bytes
+    across dumps; flows that are gone leave their entries behind until the cache is renewed,
+    which a dump does every `_RENEW_EVERY` dumps, or sooner when the cache has grown to twice
+    what the last renewal kept: its size follows the table's, and most dumps skip the cost
+    of building a new 250k-entry dict.
     """
+
+    _RENEW_EVERY: Final = 8
 
     def __init__(self) -> None:
         self.shapes: dict[int, list[_Shape]] = {}
         self.nshapes = 0
         self.tuples: dict[bytes, tuple[Tuple, Tuple, int]] = {}
-        self.next_tuples: dict[bytes, tuple[Tuple, Tuple, int]] = {}
+        self.next_tuples: dict[bytes, tuple[Tuple, Tuple, int]] | None = None
+        self._dumps = 0
+        self._kept = 0  # entries the last renewal kept
 
     def begin(self) -> None:
-        self.next_tuples = {}
+        self._dumps += 1
+        renew = self._dumps % self._RENEW_EVERY == 0 or len(self.tuples) > 2 * self._kept + 1024
+        self.next_tuples = {} if renew else None
 
     def end(self) -> None:
-        self.tuples = self.next_tuples
-        self.next_tuples = {}
+        """The dump went to its end: if it renewed the cache, the cache is now its tuples."""
+        if self.next_tuples is not None:
+            self.tuples = self.next_tuples
+            self._kept = len(self.tuples)
+        self.next_tuples = None
 
     def decode(self, buf: bytes, off: int, end: int, family: int) -> Flow:
         """Same result as `decode_flow(buf, off, end, family)`, usually much faster."""

@@ -7,7 +7,7 @@ absence on the wire *means* the default zone 0.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from cttop.conntrack.const import (
     FAMILY_NAMES,
@@ -131,3 +131,15 @@ class Snapshot(NamedTuple):
     stats: dict[str, int] | None = None  # per-CPU statistics summed, when asked for
     skipped: int = 0  # malformed messages skipped in this dump
     resized: bool = False  # the hash table kept being resized under the dump: may miss flows
+
+
+class FlowFeed(Protocol):
+    """Takes a snapshot's flows while its dump arrives (`cttop.sampler.StepFeed` is one), so
+    that their processing overlaps the kernel's dumping."""
+
+    def begin(self) -> None:
+        """The dump starts (again): forget what was added."""
+
+    def add(self, flows: dict[FlowKey, Flow], batch: list[Flow]) -> None:
+        """Put the next flows of the dump into the snapshot's dict `flows`, by key (a key that
+        comes again replaces its earlier copy), and take them in."""

@@ -29,6 +29,7 @@ from cttop.conntrack.model import Flow, Snapshot
 from cttop.heap import HeapPolicy
 from cttop.record import EndOfRecording
 from cttop.sampler import FlowRows, Sample, Sampler
+from cttop.source import take
 from cttop.tui.columns import FLOW_COLUMNS, GROUP_COLUMNS, Options
 from cttop.tui.header import Header, HeaderState, notices_for
 from cttop.tui.keys import bindings
@@ -303,8 +304,7 @@ class CttopApp(App[int]):
         self._retired.clear()
         self.heap.before_poll()
         try:
-            snapshot = self.source.snapshot()
-            sample = self.sampler.step(snapshot)
+            sample = take(self.source, self.sampler)
             shown = self._compute(sample, settings, key)
             self.heap.after_poll()
         except Exception as e:  # shown in the header; polling goes on
