@@ -461,10 +461,11 @@ def test_fast_decoder_repeated_nests(extra: bytes) -> None:
         dec.end()
 
 
-def test_fast_decoder_tuple_cache_follows_the_table() -> None:
-    """Tuples are cached by raw bytes across dumps. Flows that are gone leave entries behind
-    only until the cache is renewed (every few dumps, or when it doubled): a table whose
-    flows all change every dump keeps a cache of a few tables' size, not of every flow seen."""
+def test_fast_decoder_cache_follows_the_table() -> None:
+    """Decoded flows are cached by their message's bytes across dumps. Flows that are gone
+    leave entries behind only until the cache is renewed (every few dumps, or when it doubled):
+    a table whose flows all change every dump keeps a cache of a few tables' size, not of every
+    flow seen."""
     dec = FastDecoder()
     per_dump = 500
     sizes = []
@@ -475,7 +476,7 @@ def test_fast_decoder_tuple_cache_follows_the_table() -> None:
             flow = dec.decode(attrs, 0, len(attrs), V4)
             assert flow.orig.sport == 1024 + dump * per_dump + i
         dec.end()
-        sizes.append(len(dec.tuples))
+        sizes.append(dec.cached)
     assert max(sizes) <= 2 * per_dump + 1024 + per_dump
     assert min(sizes[8:]) == per_dump  # right after a renewal: exactly the last dump's
     # A steady table: the same flows every dump, the cache is exactly the table.
@@ -487,7 +488,46 @@ def test_fast_decoder_tuple_cache_follows_the_table() -> None:
             dec.decode(attrs, 0, len(attrs), V4)
         dec.end()
         # (the very first message teaches the shape: it is decoded, not cached)
-        assert len(dec.tuples) == per_dump - (dump == 0)
+        assert dec.cached == per_dump - (dump == 0)
+
+
+def test_fast_decoder_reuses_only_what_differs_in_the_timeout() -> None:
+    """A message equal to one decoded before but for the timeout's value is not decoded again
+    (the cached flow with the new timeout); any other byte that differs — a counter, the
+    status, the mark, the family — is decoded. Every result equals the reference's."""
+
+    def message(timeout: int, packets: int = 3, status: int = 8, mark: int = 1) -> bytes:
+        return (
+            TUPLES4
+            + be32(c.CTA_STATUS, status)
+            + be32(c.CTA_TIMEOUT, timeout)
+            + be32(c.CTA_MARK, mark)
+            + nest(c.CTA_COUNTERS_ORIG, be64(c.CTA_COUNTERS_PACKETS, packets))
+        )
+
+    dec = FastDecoder()
+    dec.begin()
+    dec.decode(message(100), 0, len(message(100)), V4)  # teaches the shape
+    first = dec.decode(message(100), 0, len(message(100)), V4)
+    reference = decode_flow(message(100), 0, len(message(100)), V4)
+    assert first == reference
+    calls = []
+    shape = dec.shapes[len(message(100))][0]
+    unpack = shape.run.__globals__["unpack"]  # type: ignore[attr-defined]
+    shape.run.__globals__["unpack"] = lambda *a: calls.append(a) or unpack(*a)  # type: ignore[attr-defined]
+    for timeout in (99, 0, 2**32 - 1):
+        got = dec.decode(message(timeout), 0, len(message(timeout)), V4)
+        assert got == reference._replace(timeout=timeout)
+        assert got.orig is first.orig  # the cached decode, not a new one
+    assert calls == []
+    variants = [message(98, packets=4), message(98, status=10), message(98, mark=2)]
+    for m in variants:
+        assert dec.decode(m, 0, len(m), V4) == decode_flow(m, 0, len(m), V4)
+    assert len(calls) == len(variants)
+    m = message(97)
+    assert dec.decode(m, 0, len(m), V6) == decode_flow(m, 0, len(m), V6)
+    assert len(calls) == len(variants) + 1
+    dec.end()
 
 
 def test_absent_is_none_not_zero() -> None:

@@ -259,22 +259,28 @@ def decode_message(buf: bytes, off: int, end: int) -> Flow:
 # same order with the same lengths (the kernel writes them in a fixed order). For each layout
 # seen we compile one `struct.Struct` that unpacks the whole message in a single call — every
 # attribute header (to prove the layout matches) and every value we keep — and a small
-# generated function that builds the Flow from it. The two tuples are taken as one raw bytes
-# field and looked up in a cache carried from the previous dump, since a flow's tuples do not
-# change between polls. Anything that does not match a known layout takes `decode_flow`, which
-# stays the reference: the fast path yields exactly what it would, or declines.
+# generated function that builds the Flow from it (the two tuples, taken as one raw bytes field,
+# by a compiled region decoder of their own). Before any of that, a message byte-identical to
+# one the shape decoded before but for the timeout's value reuses that decode (see FastDecoder):
+# the same bytes through the same layout give the same values. Anything that does not match a
+# known layout takes `decode_flow`, which stays the reference: the fast path yields exactly what
+# it would, or declines.
 
 _MAX_SHAPES_PER_LENGTH: Final = 4
 _MAX_SHAPES: Final = 256
 
 
 class _Shape:
-    """One compiled layout: `run(buf, off, family, tuples, next_tuples)` -> Flow | None."""
+    """One compiled layout: `run(buf, off, family, cache, renewed)` -> Flow | None, and its
+    cache of the flows it decoded by fingerprint (the message's bytes but the timeout's value),
+    renewed by `FastDecoder`."""
 
-    __slots__ = ("run",)
+    __slots__ = ("cache", "renewed", "run")
 
     def __init__(self, run: object) -> None:
         self.run = run
+        self.cache: dict[bytes, Flow] = {}
+        self.renewed: dict[bytes, Flow] | None = None
 
 
 def _decode_tuples_region_reference(region: bytes) -> tuple[Tuple, Tuple, int]:
@@ -397,6 +403,7 @@ class _ShapeBuilder:
         self.headers: list[tuple[int, int]] = []  # (item index, expected header word)
         self.fields: dict[str, str] = {}  # Flow field -> expression over v[...]
         self.region: int | None = None
+        self.timeout_at: int | None = None  # offset of the (last) CTA_TIMEOUT value
 
     def _item(self, fmt: str, size: int) -> int:
         self.fmt.append(fmt)
@@ -460,6 +467,8 @@ class _ShapeBuilder:
             scalar = self._SCALARS.get(t)
             if scalar is not None:
                 field, fmt, size = scalar
+                if field == "timeout":
+                    self.timeout_at = self.pos
                 self.fields[field] = f"v[{self._value(buf, s, e, nested, fmt, size)}]"
             elif t in (c.CTA_COUNTERS_ORIG, c.CTA_COUNTERS_REPLY):
                 d = "orig" if t == c.CTA_COUNTERS_ORIG else "reply"
@@ -547,21 +556,35 @@ def _compile_shape(buf: bytes, off: int, end: int) -> _Shape | None:
     )
     got = "".join(f"v[{i}], " for i, _ in b.headers)
     want = tuple(w for _, w in b.headers)
+    size = end - off
+    to = b.timeout_at
+    if to is None:  # no timeout (an offloaded entry): the whole message is the fingerprint
+        split, parts, timeout = struct.Struct(f">{size}s"), "(fp,) = split(buf, off)", "h[7]"
+    else:
+        split = struct.Struct(f">{to}sI{size - to - 4}s")
+        parts, timeout = "pre, tmo, post = split(buf, off)\n    fp = pre + post", "tmo"
+    reused = ", ".join(timeout if i == 7 else f"h[{i}]" for i in range(len(Flow._fields)))
     src = (
-        "def run(buf, off, family, tuples, next_tuples):\n"
-        "    v = unpack(buf, off)\n"
-        f"    if ({got}) != want:\n"
-        "        return None\n"
-        f"    r = v[{b.region}]\n"
-        "    t = tuples.get(r)\n"
-        "    if t is None:\n"
-        "        t = tuples[r] = region(r)\n"
-        "    if next_tuples is not None:\n"
-        "        next_tuples[r] = t\n"
-        f"    return new(Flow, ({', '.join(flow_fields)}))\n"
+        "def run(buf, off, family, cache, renewed):\n"
+        f"    {parts}\n"
+        "    h = cache.get(fp)\n"
+        "    if h is not None and h[0] == family:\n"
+        f"        flow = new(Flow, ({reused}))\n"
+        "    else:\n"
+        "        v = unpack(buf, off)\n"
+        f"        if ({got}) != want:\n"
+        "            return None\n"
+        f"        t = region(v[{b.region}])\n"
+        f"        flow = new(Flow, ({', '.join(flow_fields)}))\n"
+        "    if renewed is None:\n"
+        "        cache[fp] = flow\n"
+        "    else:\n"
+        "        renewed[fp] = flow\n"
+        "    return flow\n"
     )
     env: dict[str, object] = {
         "unpack": unpacker.unpack_from,
+        "split": split.unpack_from,
         "want": want,
         "region": _decode_tuples_region,
         "new": tuple.__new__,
@@ -577,11 +600,15 @@ def _compile_shape(buf: bytes, off: int, end: int) -> _Shape | None:
 class FastDecoder:
     """Decodes the messages of successive dumps, learning their shapes as it goes.
 
-    Call `begin()` before a dump and `end()` after it. Tuples are cached by their raw bytes
-    across dumps; flows that are gone leave their entries behind until the cache is renewed,
-    which a dump does every `_RENEW_EVERY` dumps, or sooner when the cache has grown to twice
-    what the last renewal kept: its size follows the table's, and most dumps skip the cost
-    of building a new 250k-entry dict.
+    Most entries of a big table do not change between two polls but for the seconds left
+    (CTA_TIMEOUT): each shape keeps the flows it decoded by the message's bytes without that
+    value, and such a message costs one short struct call, one dict lookup and a new Flow with
+    the new timeout. Only messages never seen (new flows, moved counters, a state change)
+    are decoded. The cache must not outlive the table: flows that are gone leave entries
+    behind only until it is renewed, which a dump does every `_RENEW_EVERY` dumps, or sooner
+    when the cache has doubled since the last renewal; its size follows the table's, and most
+    dumps skip the cost of building a new 250k-entry dict. Call `begin()` before a dump and
+    `end()` after it.
     """
 
     _RENEW_EVERY: Final = 8
@@ -589,22 +616,33 @@ class FastDecoder:
     def __init__(self) -> None:
         self.shapes: dict[int, list[_Shape]] = {}
         self.nshapes = 0
-        self.tuples: dict[bytes, tuple[Tuple, Tuple, int]] = {}
-        self.next_tuples: dict[bytes, tuple[Tuple, Tuple, int]] | None = None
         self._dumps = 0
         self._kept = 0  # entries the last renewal kept
+        self._renewing = False
+
+    @property
+    def cached(self) -> int:
+        """Flows held by the fingerprint caches."""
+        return sum(len(shape.cache) for shapes in self.shapes.values() for shape in shapes)
 
     def begin(self) -> None:
         self._dumps += 1
-        renew = self._dumps % self._RENEW_EVERY == 0 or len(self.tuples) > 2 * self._kept + 1024
-        self.next_tuples = {} if renew else None
+        due = self._dumps % self._RENEW_EVERY == 0
+        self._renewing = due or self.cached > 2 * self._kept + 1024
+        for shapes in self.shapes.values():
+            for shape in shapes:
+                shape.renewed = {} if self._renewing else None
 
     def end(self) -> None:
-        """The dump went to its end: if it renewed the cache, the cache is now its tuples."""
-        if self.next_tuples is not None:
-            self.tuples = self.next_tuples
-            self._kept = len(self.tuples)
-        self.next_tuples = None
+        """The dump went to its end: if it renewed the caches, they now hold its flows."""
+        for shapes in self.shapes.values():
+            for shape in shapes:
+                if shape.renewed is not None:
+                    shape.cache = shape.renewed
+                    shape.renewed = None
+        if self._renewing:
+            self._kept = self.cached
+        self._renewing = False
 
     def decode(self, buf: bytes, off: int, end: int, family: int) -> Flow:
         """Same result as `decode_flow(buf, off, end, family)`, usually much faster."""
@@ -612,7 +650,7 @@ class FastDecoder:
         if shapes is not None:
             for shape in shapes:
                 try:
-                    flow = shape.run(buf, off, family, self.tuples, self.next_tuples)  # type: ignore[operator]
+                    flow = shape.run(buf, off, family, shape.cache, shape.renewed)  # type: ignore[operator]
                 except DecodeError:
                     # Headers matched but the tuples did not fit this shape: another shape of
                     # the same length may be the right one (zones move attributes around).
@@ -623,6 +661,7 @@ class FastDecoder:
         if self.nshapes < _MAX_SHAPES and (shapes is None or len(shapes) < _MAX_SHAPES_PER_LENGTH):
             learned = _compile_shape(buf, off, end)
             if learned is not None:
+                learned.renewed = {} if self._renewing else None
                 self.shapes.setdefault(end - off, []).append(learned)
                 self.nshapes += 1
         return flow
