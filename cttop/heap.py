@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Iterable
+from typing import Any
 
 
 class HeapPolicy:
@@ -32,3 +34,22 @@ class HeapPolicy:
         # Freeze before collections resume, or the first one walks the whole new table.
         gc.freeze()
         gc.enable()
+
+
+def release(containers: Iterable[list[Any] | dict[Any, Any]], chunk: int = 2048) -> None:
+    """Empty lists and dicts a chunk at a time.
+
+    Dropping the last reference to a 250k-flow table frees it in one C-level cascade that
+    holds the GIL for 30-40 ms: the event loop stalls. Emptied from Python, whatever each chunk
+    held last is freed with it, and other threads get their turns in between. Only pass
+    containers nothing else still reads.
+    """
+    for c in containers:
+        if isinstance(c, list):
+            while c:
+                del c[-chunk:]
+        else:
+            pop = c.popitem
+            while c:
+                for _ in range(min(chunk, len(c))):
+                    pop()

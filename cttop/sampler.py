@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from array import array
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import attrgetter
-from typing import NamedTuple, overload
+from typing import Any, NamedTuple, overload
 
 from cttop.conntrack.const import IPPROTO_TCP, proto_name, state_name
 from cttop.conntrack.model import Flow, FlowKey, Snapshot
@@ -139,7 +139,7 @@ class FlowRows(Sequence[FlowRow]):
 class Sample:
     """What the Sampler makes of one snapshot: every flow with its rate, plus the totals."""
 
-    __slots__ = ("_index", "interval", "rows", "snapshot", "step", "totals")
+    __slots__ = ("_index", "interval", "rows", "snapshot", "step", "totals", "views")
 
     def __init__(
         self,
@@ -155,6 +155,8 @@ class Sample:
         self.totals = totals
         self.step = step  # 1 for the first snapshot a Sampler saw
         self._index: dict[FlowKey, int] | None = None
+        # Front ends keep what they derive from these rows here (view.apply's memo).
+        self.views: dict[Any, Any] = {}
 
     @property
     def time_wall(self) -> float:
@@ -232,6 +234,7 @@ class StepFeed:
         "moved",
         "new",
         "no_counters",
+        "pause",
         "rates",
         "restarted",
         "returned",
@@ -242,6 +245,8 @@ class StepFeed:
         self._step = sampler._step
         self._vanished = sampler._vanished
         self._keep = sampler.keep_vanished
+        # Called before each batch: whoever runs the poll may hold it there for a moment.
+        self.pause: Callable[[], object] | None = None
         self.begin()
 
     def begin(self) -> None:
@@ -265,6 +270,8 @@ class StepFeed:
         """Put the next flows of a dump into the snapshot's dict `flows` (by key; a key that
         comes again replaces its earlier copy, which the step then redoes from the snapshot)
         and diff them. Building the dict here saves a second pass over every flow."""
+        if self.pause is not None:
+            self.pause()
         put = flows.setdefault
         take = self.gone.pop
         vanished = self._vanished
@@ -615,6 +622,11 @@ class Sampler:
     def totals_rate_history(self) -> list[float | None]:
         """Total bytes/s of the whole table at each of the last polls, oldest first."""
         return [None if t.rate is None else t.rate.total_bytes_per_s for t in self._totals]
+
+    @property
+    def last_flows(self) -> dict[FlowKey, Flow]:
+        """The flows of the last snapshot stepped (what the next step diffs against)."""
+        return self._prev_flows
 
     @property
     def tracked(self) -> int:

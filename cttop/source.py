@@ -8,6 +8,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from cttop.conntrack.client import ConntrackClient
@@ -24,12 +25,14 @@ class Source(Protocol):
     def snapshot(self) -> Snapshot: ...
 
 
-def take(source: Source, sampler: Sampler) -> Sample:
+def take(source: Source, sampler: Sampler, pause: Callable[[], object] | None = None) -> Sample:
     """One poll of `source`, stepped through `sampler`. A source that can (the live table)
     hands the flows to the sampler while the dump arrives, so the diff overlaps the kernel's
-    work."""
+    work; `pause` is then called between datagrams (a front end waits there while it has
+    something more urgent to compute)."""
     if getattr(source, "feeds", False):
         fed = sampler.feed()
+        fed.pause = pause
         return sampler.step(source.snapshot(feed=fed), fed)  # type: ignore[call-arg]
     return sampler.step(source.snapshot())
 
@@ -62,6 +65,8 @@ class LiveSource:
 
     # The flows can be handed to a FlowFeed while the dump arrives (see `take`).
     feeds = True
+    # Each snapshot is new and kept by nothing here: a front end may take it apart when done.
+    disposable = True
 
     def snapshot(self, feed: FlowFeed | None = None) -> Snapshot:
         recorder = self.recorder  # read once: another thread may detach it meanwhile

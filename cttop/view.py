@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import socket
 from collections.abc import Callable, Iterable
-from itertools import compress
-from operator import attrgetter, itemgetter
+from itertools import chain, compress, groupby, repeat
+from operator import and_, attrgetter, is_, itemgetter, not_, or_
 from typing import Any, NamedTuple
 
 from cttop.conntrack.const import (
@@ -75,6 +76,47 @@ class GroupError(ViewError):
 
 
 Predicate = Callable[[Flow], bool]
+_Mask = Callable[[list[Flow]], list[bool]]
+
+
+# A predicate can carry a `mask`: the same test over a whole list of flows at once, made of
+# C-level passes (attrgetter, map, a dict of the distinct values): a filter over 250k flows
+# then costs a few passes instead of a Python call per flow. `matches` uses it when there.
+
+
+def _masked(pred: Predicate, mask: _Mask) -> Predicate:
+    pred.mask = mask  # type: ignore[attr-defined]
+    return pred
+
+
+def _by_value(get: Callable[[Flow], Any], test: Callable[[Any], bool]) -> _Mask:
+    """A mask testing one value per flow, each distinct value once."""
+
+    def mask(flows: list[Flow]) -> list[bool]:
+        values = list(map(get, flows))
+        verdict = {v: bool(test(v)) for v in set(values)}
+        return list(map(verdict.__getitem__, values))
+
+    return mask
+
+
+def _any_of(masks: list[_Mask]) -> _Mask:
+    def mask(flows: list[Flow]) -> list[bool]:
+        out = masks[0](flows)
+        for m in masks[1:]:
+            out = list(map(or_, out, m(flows)))
+        return out
+
+    return mask
+
+
+def matches(pred: Predicate, flows: list[Flow]) -> list[bool]:
+    """[pred(flow) for flow in flows], by the predicate's mask when it has one."""
+    mask = getattr(pred, "mask", None)
+    if mask is not None:
+        return mask(flows)  # type: ignore[no-any-return]
+    return list(map(pred, flows))
+
 
 # Protocols whose tuples carry ports (the same fields hold a GRE key, which is not a port).
 _PORT_PROTOS = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_DCCP, IPPROTO_UDPLITE})
@@ -221,17 +263,28 @@ def kernel_filter(expr: str) -> dict[str, int]:
 
 
 def _negated(pred: Predicate) -> Predicate:
-    return lambda flow: not pred(flow)
+    return _masked(lambda flow: not pred(flow), lambda flows: list(map(not_, matches(pred, flows))))
 
 
-def _all_of(preds: list[Predicate]) -> Predicate:
+def all_of(preds: list[Predicate]) -> Predicate:
+    """A predicate that holds when all of `preds` do (masks combined when they have them)."""
     if not preds:
         return _match_all
     if len(preds) == 1:
         return preds[0]
     # A chain of `and`s: no generator per flow, and the first failing term ends it.
-    head, rest = preds[0], _all_of(preds[1:])
-    return lambda flow: head(flow) and rest(flow)
+    head, rest = preds[0], all_of(preds[1:])
+
+    def mask(flows: list[Flow]) -> list[bool]:
+        first = matches(head, flows)
+        if not any(first):
+            return first
+        return list(map(and_, first, matches(rest, flows)))
+
+    return _masked(lambda flow: head(flow) and rest(flow), mask)
+
+
+_all_of = all_of
 
 
 def _term(token: str) -> Predicate:
@@ -273,8 +326,12 @@ def _bare(token: str) -> Predicate:
         o, r = flow.orig, flow.reply
         return any(a is not None and word in a for a in (o.src, o.dst, r.src, r.dst))
 
+    def address_has(address: str | None) -> bool:
+        return address is not None and word in address
+
+    addresses = [_by_value(get, address_has) for get in _ADDRESSES]
     if not word.isdigit():
-        return in_address
+        return _masked(in_address, _any_of(addresses))
 
     def in_address_or_port(flow: Flow) -> bool:
         o, r = flow.orig, flow.reply
@@ -282,15 +339,50 @@ def _bare(token: str) -> Predicate:
             p is not None and word in str(p) for p in (o.sport, o.dport, r.sport, r.dport)
         )
 
-    return in_address_or_port
+    def port_has(port: int | None) -> bool:
+        return port is not None and word in str(port)
+
+    ports = [_by_value(get, port_has) for get in _PORT_VALUES]
+    return _masked(in_address_or_port, _any_of(addresses + ports))
 
 
-def _proto_is(protonum: int) -> Predicate:
-    return lambda flow: flow.protonum == protonum
+def _proto_is(*protonums: int) -> Predicate:
+    """The protocol is one of these."""
+    if len(protonums) == 1:
+        (protonum,) = protonums
+        return _masked(
+            lambda flow: flow.protonum == protonum,
+            lambda flows: list(map(protonum.__eq__, map(_protonum, flows))),
+        )
+    among = frozenset(protonums)
+    return _masked(
+        lambda flow: flow.protonum in among,
+        lambda flows: list(map(among.__contains__, map(_protonum, flows))),
+    )
+
+
+proto_is = _proto_is
+
+
+def proto_not(*protonums: int) -> Predicate:
+    """The protocol is none of these."""
+    return _negated(_proto_is(*protonums))
+
+
+def state_named(name: str) -> Predicate:
+    """The flow's state, by name as shown (Flow.state_name), is `name`."""
+
+    def test(pair: tuple[int, int | None]) -> bool:
+        return state_name(*pair) == name
+
+    return _masked(lambda flow: flow.state_name == name, _by_value(_proto_and_state, test))
 
 
 def _family_is(family: int) -> Predicate:
-    return lambda flow: flow.family == family
+    return _masked(
+        lambda flow: flow.family == family,
+        lambda flows: list(map(family.__eq__, map(_family, flows))),
+    )
 
 
 def _proto_term(token: str, value: str) -> Predicate:
@@ -319,7 +411,10 @@ def _state_term(token: str, value: str) -> Predicate:
         known = ", ".join(sorted(n.lower() for n in _STATES))
         raise FilterError(token, f"no TCP, SCTP or DCCP state is called {value!r}; states: {known}")
     pairs = frozenset(pair for n in names for pair in _STATES[n])
-    return lambda flow: (flow.protonum, flow.state) in pairs
+    return _masked(
+        lambda flow: (flow.protonum, flow.state) in pairs,
+        lambda flows: list(map(pairs.__contains__, map(_proto_and_state, flows))),
+    )
 
 
 def _network(token: str, value: str) -> tuple[int, int, int]:
@@ -355,12 +450,12 @@ def _address_matcher(token: str, value: str) -> Callable[[str | None], bool]:
 
 def _src_term(token: str, value: str) -> Predicate:
     match = _address_matcher(token, value)
-    return lambda flow: match(flow.orig.src)
+    return _masked(lambda flow: match(flow.orig.src), _by_value(_orig_src, match))
 
 
 def _dst_term(token: str, value: str) -> Predicate:
     match = _address_matcher(token, value)
-    return lambda flow: match(flow.orig.dst)
+    return _masked(lambda flow: match(flow.orig.dst), _by_value(_orig_dst, match))
 
 
 def _host_term(token: str, value: str) -> Predicate:
@@ -371,7 +466,7 @@ def _host_term(token: str, value: str) -> Predicate:
         o, r = flow.orig, flow.reply
         return match(o.src) or match(o.dst) or match(r.src) or match(r.dst)
 
-    return any_address
+    return _masked(any_address, _any_of([_by_value(get, match) for get in _ADDRESSES]))
 
 
 def _ports(token: str, value: str) -> Callable[[int | None], bool]:
@@ -398,14 +493,35 @@ def _ports(token: str, value: str) -> Callable[[int | None], bool]:
     return lambda port: port in ports
 
 
+def _port_mask(test: Callable[[int | None], bool], gets: tuple[Any, ...]) -> _Mask:
+    """Any of these ports passes `test`, for flows of a protocol with ports (the others'
+    port fields are something else: GRE keys)."""
+    any_port = _any_of([_by_value(get, test) for get in gets])
+
+    def mask(flows: list[Flow]) -> list[bool]:
+        return list(map(and_, _has_ports(flows), any_port(flows)))
+
+    return mask
+
+
+def _has_ports(flows: list[Flow]) -> list[bool]:
+    return list(map(_PORT_PROTOS.__contains__, map(_protonum, flows)))
+
+
 def _sport_term(token: str, value: str) -> Predicate:
     test = _ports(token, value)
-    return lambda flow: flow.protonum in _PORT_PROTOS and test(flow.orig.sport)
+    return _masked(
+        lambda flow: flow.protonum in _PORT_PROTOS and test(flow.orig.sport),
+        _port_mask(test, _PORT_VALUES[:1]),
+    )
 
 
 def _dport_term(token: str, value: str) -> Predicate:
     test = _ports(token, value)
-    return lambda flow: flow.protonum in _PORT_PROTOS and test(flow.orig.dport)
+    return _masked(
+        lambda flow: flow.protonum in _PORT_PROTOS and test(flow.orig.dport),
+        _port_mask(test, _PORT_VALUES[1:2]),
+    )
 
 
 def _port_term(token: str, value: str) -> Predicate:
@@ -418,7 +534,7 @@ def _port_term(token: str, value: str) -> Predicate:
         o, r = flow.orig, flow.reply
         return test(o.sport) or test(o.dport) or test(r.sport) or test(r.dport)
 
-    return any_port
+    return _masked(any_port, _port_mask(test, _PORT_VALUES))
 
 
 def _number(token: str, text: str, what: str, maximum: int) -> int:
@@ -443,12 +559,18 @@ def _mark_term(token: str, value: str) -> Predicate:
     mask = _number(token, mask_text, "mask", 0xFFFFFFFF) if slash else 0xFFFFFFFF
     if mark & ~mask:
         raise FilterError(token, f"mark {mark:#x} has bits outside the mask {mask:#x}")
-    return lambda flow: flow.mark is not None and flow.mark & mask == mark
+
+    def test(value: int | None) -> bool:
+        return value is not None and value & mask == mark
+
+    return _masked(lambda flow: test(flow.mark), _by_value(_mark, test))
 
 
 def _zone_term(token: str, value: str) -> Predicate:
     zone = _number(token, value, "zone", 0xFFFF)
-    return lambda flow: flow.zone == zone
+    return _masked(
+        lambda flow: flow.zone == zone, lambda flows: list(map(zone.__eq__, map(_zone, flows)))
+    )
 
 
 def _family_term(token: str, value: str) -> Predicate:
@@ -546,12 +668,21 @@ def _group_mode(group: str) -> str:
 
 
 def _order(values: list[Any], descending: bool) -> list[int]:
-    """Indices of `values` in order; stable, and None (absent) last in either direction."""
-    present = [i for i, v in enumerate(values) if v is not None]
-    # list.sort with reverse=True keeps equal items in their original order: still stable.
+    """Indices of `values` in order; stable, and None (absent) last in either direction.
+
+    C-level passes only (compress, map, list.sort with a C key): at 250k flows a Python loop
+    per flow is most of a key press's latency.
+    """
+    n = len(values)
+    if None not in values:
+        order = list(range(n))
+        # list.sort with reverse=True keeps equal items in their original order: still stable.
+        order.sort(key=values.__getitem__, reverse=descending)
+        return order
+    absent = list(map(is_, values, repeat(None)))
+    present = list(compress(range(n), map(not_, absent)))
     present.sort(key=values.__getitem__, reverse=descending)
-    if len(present) < len(values):
-        present += [i for i, v in enumerate(values) if v is None]
+    present += compress(range(n), absent)
     return present
 
 
@@ -575,6 +706,12 @@ _orig_packets = attrgetter("orig_packets")
 _reply_packets = attrgetter("reply_packets")
 _protonum = attrgetter("protonum")
 _proto_and_state = attrgetter("protonum", "state")
+_family = attrgetter("family")
+_mark = attrgetter("mark")
+_zone = attrgetter("zone")
+# A flow's four ports and four addresses, for the masks
+_PORT_VALUES = tuple(attrgetter(f"{d}.{p}") for d in ("orig", "reply") for p in ("sport", "dport"))
+_ADDRESSES = tuple(attrgetter(f"{d}.{a}") for d in ("orig", "reply") for a in ("src", "dst"))
 
 
 def _c_rate(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
@@ -619,9 +756,15 @@ def _c_attr(path: str) -> _Column:
     return lambda flows, rates: list(map(get, flows))
 
 
+def _address_keys(addresses: list[str | None]) -> list[Any]:
+    # A big table has far fewer distinct addresses than flows: parse each once.
+    keys = {a: _address_key(a) for a in set(addresses)}
+    return list(map(keys.__getitem__, addresses))
+
+
 def _c_address(path: str) -> _Column:
     get = attrgetter(path)
-    return lambda flows, rates: list(map(_address_key, map(get, flows)))
+    return lambda flows, rates: _address_keys(list(map(get, flows)))
 
 
 _FLOW_COLUMNS: dict[str, _Column] = {
@@ -658,7 +801,7 @@ def sort_flows(
     order = _order(_FLOW_COLUMNS[spec.name](flows, rates), spec.descending != reverse)
     if limit is not None:
         del order[limit:]
-    return FlowRows([flows[i] for i in order], [rates[i] for i in order])
+    return FlowRows(list(map(flows.__getitem__, order)), list(map(rates.__getitem__, order)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -908,16 +1051,19 @@ class ViewTotals:
     __slots__ = ("_counters", "_flows", "flows", "no_rate", "rate")
 
     def __init__(self, flows: list[Flow], rates: list[Rate | None]) -> None:
-        present = [r for r in rates if r is not None]
         self.flows = len(flows)
-        self.no_rate = len(flows) - len(present)  # flows among them without a rate
+        self.no_rate = rates.count(None)  # flows among them without a rate
+        # The shared zero adds nothing to a sum (x + 0.0 == x): only the others are summed.
+        moving = list(filter(ZERO_RATE.__ne__, filter(None, rates)))
+        present: list[Rate] = moving if moving or self.no_rate == len(rates) else [ZERO_RATE]
         # Sum over the flows with a rate; None when none has one.
+        # fsum: exactly rounded, so the same flows give the same total in any order.
         self.rate: Rate | None = (
             Rate(
-                sum(map(itemgetter(0), present)),
-                sum(map(itemgetter(1), present)),
-                sum(map(itemgetter(2), present)),
-                sum(map(itemgetter(3), present)),
+                math.fsum(map(itemgetter(0), present)),
+                math.fsum(map(itemgetter(1), present)),
+                math.fsum(map(itemgetter(2), present)),
+                math.fsum(map(itemgetter(3), present)),
             )
             if present
             else None
@@ -961,6 +1107,25 @@ class ViewTotals:
         return f"<ViewTotals flows={self.flows} rate={self.rate} no_rate={self.no_rate}>"
 
 
+def _the_other_way(ordered: FlowRows, column: _Column) -> FlowRows:
+    """Rows stably sorted by `column` one way, stably sorted the other way: the runs of equal
+    values in reverse order, each run as it was (in a stable sort, in the input's order), the
+    rows without a value still last. Far cheaper than sorting again when runs are long (a big
+    table's idle flows all rate 0)."""
+    flows, rates = ordered.flows, ordered.rates
+    values = column(flows, rates)
+    present = len(values) - values.count(None)
+    runs = [list(run) for _, run in groupby(range(present), key=values.__getitem__)]
+    order = list(chain.from_iterable(reversed(runs)))
+    order += range(present, len(values))
+    return FlowRows(list(map(flows.__getitem__, order)), list(map(rates.__getitem__, order)))
+
+
+# Whole-table orders a memo keeps (4 MB each at 250k flows): the current sort both ways and one
+# more.
+_MEMO_ORDERS = 3
+
+
 class ViewResult(NamedTuple):
     rows: FlowRows | list[GroupRow]  # ordered; at most `limit`
     totals: ViewTotals  # of every flow that passed the filter
@@ -982,12 +1147,17 @@ def apply(
     reverse: bool = False,
     group: str = "none",
     limit: int | None = None,
+    memo: dict[Any, Any] | None = None,
 ) -> ViewResult:
     """Filter, then group (optional), then sort, then cut to `limit` rows.
 
     `rows` is a sample's `rows` (a FlowRows) or any iterable of FlowRow. `filter` is an
     expression (parsed here; `FilterError` if bad) or a predicate from `parse_filter`.
     Totals cover every flow that passed the filter, whatever the limit.
+
+    `memo`: a dict the caller keeps with `rows` (and only with them) to make the next views
+    of the same rows cheaper: the whole table's order per sort is kept there, and a new
+    filter only filters it (a stable sort and a filter commute: same rows, same order).
     """
     mode = _group_mode(group)
     _sort_key(sort)
@@ -995,9 +1165,31 @@ def apply(
         raise ViewError(f"limit must not be negative, got {limit}")
     pred = parse_filter(filter) if isinstance(filter, str) else filter
     table = FlowRows.of(rows)
+    if mode == "none" and memo is not None:
+        ordered = memo.get((sort, reverse))
+        if ordered is None:
+            other = memo.get((sort, not reverse))
+            ordered = (
+                sort_flows(table, sort, reverse)
+                if other is None
+                else _the_other_way(other, _FLOW_COLUMNS[_sort_key(sort).name])
+            )
+            if len(memo) >= _MEMO_ORDERS:
+                del memo[next(iter(memo))]
+            memo[(sort, reverse)] = ordered
+        flows, rates = ordered.flows, ordered.rates
+        if pred is not None and pred is not _match_all:
+            keep = matches(pred, flows)
+            flows = list(compress(flows, keep))
+            rates = list(compress(rates, keep))
+        totals = ViewTotals(flows, rates)
+        matched = len(flows)
+        if limit is not None:
+            flows, rates = flows[:limit], rates[:limit]
+        return ViewResult(FlowRows(flows, rates), totals, matched, len(table))
     flows, rates = table.flows, table.rates
     if pred is not None and pred is not _match_all:
-        keep = list(map(pred, flows))
+        keep = matches(pred, flows)
         flows = list(compress(flows, keep))
         rates = list(compress(rates, keep))
     totals = ViewTotals(flows, rates)

@@ -20,7 +20,18 @@ from cttop.conntrack.const import (
 )
 from cttop.conntrack.model import Flow, FlowKey, Snapshot, Tuple
 from cttop.sampler import ZERO_RATE, FlowRows, Rate, Sampler
-from cttop.view import GROUP_KEYS, SORT_KEYS, FilterError, apply, parse_filter, sort_flows
+from cttop.view import (
+    GROUP_KEYS,
+    SORT_KEYS,
+    FilterError,
+    apply,
+    matches,
+    parse_filter,
+    proto_is,
+    proto_not,
+    sort_flows,
+    state_named,
+)
 
 settings.register_profile(
     "engine", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=150
@@ -222,6 +233,51 @@ def test_a_filter_and_its_negation_partition_the_flows(fs, term):
         neg = parse_filter(negation)
         for f in fs:
             assert pred(f) != neg(f)
+
+
+@given(
+    st.lists(flows(), max_size=25),
+    st.lists(st.tuples(st.booleans(), terms()), min_size=1, max_size=3),
+)
+def test_a_filter_mask_is_the_predicate_over_a_list(fs, ts):
+    """The C-level mask a filter carries (view.matches) says what the predicate says of each
+    flow: terms, negations and conjunctions alike."""
+    expr = " ".join(("!" if negate else "") + term for negate, term in ts)
+    pred = parse_filter(expr)
+    assert matches(pred, fs) == [bool(pred(f)) for f in fs]
+    for name in ("ESTABLISHED", "NONE", "SYN_SENT"):
+        state = state_named(name)
+        assert matches(state, fs) == [bool(state(f)) for f in fs]
+    for protos in ((6,), (1, 58), (17, 6)):
+        for p in (proto_is(*protos), proto_not(*protos)):
+            assert matches(p, fs) == [bool(p(f)) for f in fs]
+
+
+@given(
+    flow_rows(),
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), terms()),
+            st.sampled_from(sorted(SORT_KEYS)),
+            st.booleans(),
+            st.one_of(st.none(), st.integers(0, 30)),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_views_through_a_memo_are_the_views(rows, views):
+    """A memo kept with the rows (the TUI keeps one per sample) changes no view: same rows,
+    same order, same totals, whatever was asked before."""
+    memo: dict[Any, Any] = {}
+    for expr, key, reverse, limit in views:
+        kw = {"filter": expr, "sort": key, "reverse": reverse, "limit": limit}
+        want, got = apply(rows, **kw), apply(rows, memo=memo, **kw)
+        assert got.rows == want.rows
+        assert (got.matched, got.all_flows) == (want.matched, want.all_flows)
+        assert (got.totals.flows, got.totals.no_rate) == (want.totals.flows, want.totals.no_rate)
+        assert got.totals.rate == want.totals.rate
+        assert got.totals.bytes == want.totals.bytes
 
 
 @given(flow_rows(), st.lists(terms(), min_size=1, max_size=4))

@@ -10,11 +10,14 @@ import contextlib
 import os
 import signal
 import socket
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
+from operator import attrgetter
 from typing import Any, ClassVar, Protocol
 
 from textual import work
@@ -26,7 +29,7 @@ from textual.widgets import Footer, Input
 
 from cttop.conntrack.const import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_STATES
 from cttop.conntrack.model import Flow, Snapshot
-from cttop.heap import HeapPolicy
+from cttop.heap import HeapPolicy, release
 from cttop.record import EndOfRecording
 from cttop.sampler import FlowRows, Sample, Sampler
 from cttop.source import take
@@ -42,8 +45,12 @@ from cttop.view import (
     GroupRow,
     Predicate,
     ViewResult,
+    all_of,
     apply,
     parse_filter,
+    proto_is,
+    proto_not,
+    state_named,
 )
 
 
@@ -60,10 +67,10 @@ STATE_CYCLE: tuple[str | None, ...] = (None, *(s for s in TCP_STATES if s != "NO
 GROUP_CYCLE = tuple(GROUP_KEYS)
 
 _PROTO_PREDICATES: dict[str, Predicate] = {
-    "tcp": lambda f: f.protonum == IPPROTO_TCP,
-    "udp": lambda f: f.protonum == IPPROTO_UDP,
-    "icmp": lambda f: f.protonum in (IPPROTO_ICMP, IPPROTO_ICMPV6),
-    "other": lambda f: f.protonum not in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6),
+    "tcp": proto_is(IPPROTO_TCP),
+    "udp": proto_is(IPPROTO_UDP),
+    "icmp": proto_is(IPPROTO_ICMP, IPPROTO_ICMPV6),
+    "other": proto_not(IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6),
 }
 
 
@@ -93,15 +100,12 @@ class ViewSettings:
         if self.proto:
             preds.append(_PROTO_PREDICATES[self.proto])
         if self.state:
-            name = self.state
-            preds.append(lambda f: f.state_name == name)
+            preds.append(state_named(self.state))
         if self.expr:
             preds.append(parse_filter(self.expr))
         if not preds:
             return None
-        if len(preds) == 1:
-            return preds[0]
-        return lambda f: all(p(f) for p in preds)
+        return all_of(preds)
 
 
 @dataclass
@@ -122,15 +126,47 @@ def _row_key(row: Any) -> Any:
     return None
 
 
+def _containers(
+    shown: Shown, with_sample: bool, with_snapshot: bool = True
+) -> list[list[Any] | dict[Any, Any]]:
+    """The big lists and dicts a Shown holds: its view's, its sample's if asked, and the
+    snapshot's flows if asked too (the source's: see Source.disposable)."""
+    rows = shown.result.rows
+    found: list[Any] = [getattr(shown.result.totals, "_flows", None)]
+    found += [rows.flows, rows.rates] if isinstance(rows, FlowRows) else [rows]
+    if with_sample:
+        sample = shown.sample
+        found += [sample.rows.flows, sample.rows.rates]
+        if with_snapshot:
+            found.append(sample.snapshot.flows)
+        for memo in list(sample.views.values()):
+            found += [memo.flows, memo.rates]
+    return [part for part in found if isinstance(part, list | dict)]
+
+
+_flow_id = attrgetter("id")
+
+
 def _find(result: ViewResult, key: Any) -> int | None:
     if key is None:
         return None
     rows = result.rows
     if isinstance(rows, FlowRows):
-        for i, f in enumerate(rows.flows):
-            if f.key == key:
+        # By id first, at C speed (a big table: 250k Flow.key calls are 75 ms); the id is a
+        # 32-bit hash, so the rest of the key is checked before it counts.
+        if not isinstance(key, tuple) or len(key) != 3:
+            return None  # a group's key: not a flow
+        zone, orig, flow_id = key
+        flows = rows.flows
+        ids = list(map(_flow_id, flows))
+        i = -1
+        while True:
+            try:
+                i = ids.index(flow_id, i + 1)
+            except ValueError:
+                return None
+            if flows[i].orig == orig and flows[i].zone == zone:
                 return i
-        return None
     for i, g in enumerate(rows):
         if (g.group, g.key) == key:
             return i
@@ -228,6 +264,12 @@ class CttopApp(App[int]):
         self.sampler = Sampler()
         self.heap = HeapPolicy()
         self._retired: list[Shown] = []  # samples off screen, left for a worker to free
+        # Clear while a key's view is computed: the poll worker waits between datagrams (and
+        # before its own view) so that the key's result comes first (see _poll_worker).
+        self._view_idle = threading.Event()
+        self._view_idle.set()
+        self._view_again = False  # settings changed while a view was computed
+        self._switch_interval: float | None = None
         self.shown: Shown | None = None
         self.selected_key: Any = None
         self.paused = False
@@ -259,6 +301,10 @@ class CttopApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        # The poll worker holds the GIL for most of a big poll; the default 5 ms turns make
+        # the event loop wait that long at every hand-off. 1 ms keeps keys and redraws prompt.
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, 0.001))
         self._exit_on_signals()
         if self._keymap:
             self.set_keymap(self._keymap)
@@ -281,6 +327,8 @@ class CttopApp(App[int]):
                 loop.add_signal_handler(sig, self.exit)
 
     def on_unmount(self) -> None:
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
         if self.resolver is not None:
             self.resolver.close()
 
@@ -301,10 +349,11 @@ class CttopApp(App[int]):
         started = self._timer()
         # Drop the samples the screen no longer shows here, not on the UI thread: freeing a
         # big table takes tens of milliseconds.
-        self._retired.clear()
+        self._free_retired()
         self.heap.before_poll()
         try:
-            sample = take(self.source, self.sampler)
+            sample = take(self.source, self.sampler, self._yield_to_view)
+            self._yield_to_view()
             shown = self._compute(sample, settings, key)
             self.heap.after_poll()
         except Exception as e:  # shown in the header; polling goes on
@@ -324,6 +373,7 @@ class CttopApp(App[int]):
             sort=settings.sort,
             reverse=settings.reverse,
             group=settings.group,
+            memo=sample.views,
         )
         return Shown(sample, settings, result, _find(result, key))
 
@@ -373,14 +423,53 @@ class CttopApp(App[int]):
         if self.shown is None:
             self._render_header()
             return
+        if not self._view_idle.is_set():
+            # One computation at a time (two would share the CPU and both be late): the
+            # one running is followed by one for the settings as they are by then.
+            self._view_again = True
+            return
+        self._view_idle.clear()
         self._view_worker(self.shown.sample, self.settings, self.selected_key)
 
-    @work(thread=True, exclusive=True, group="view", exit_on_error=False)
+    @work(thread=True, group="view", exit_on_error=False)
     def _view_worker(self, sample: Sample, settings: ViewSettings, key: Any) -> None:
-        shown = self._compute(sample, settings, key)
-        self.call_from_thread(self._view_done, shown)
+        shown: Shown | None = None
+        try:
+            shown = self._compute(sample, settings, key)
+        finally:
+            self._view_idle.set()
+            self.call_from_thread(self._view_done, shown)
 
-    def _view_done(self, shown: Shown) -> None:
+    def _free_retired(self) -> None:
+        """Free the samples and views no longer shown, gradually (see heap.release): never a
+        container the screen, the sampler or the shown sample's memo still reads (views of
+        one sample share lists)."""
+        retired, self._retired = self._retired, []
+        shown = self.shown
+        keep = {id(self.sampler.last_flows)}
+        if shown is not None:
+            keep.update(map(id, _containers(shown, with_sample=True)))
+        parts: dict[int, list[Any] | dict[Any, Any]] = {}
+        disposable = getattr(self.source, "disposable", False)
+        for old in retired:
+            live = shown is not None and old.sample is shown.sample
+            for part in _containers(old, with_sample=not live, with_snapshot=disposable):
+                if id(part) not in keep:
+                    parts[id(part)] = part
+        del retired, shown
+        release(parts.values())
+
+    def _yield_to_view(self) -> None:
+        """In the poll worker: wait while a key's view is being computed (bounded, so that a
+        slow view cannot hold polling up)."""
+        self._view_idle.wait(0.5)
+
+    def _view_done(self, shown: Shown | None) -> None:
+        if self._view_again:
+            self._view_again = False
+            self._reapply()
+        if shown is None:
+            return  # the computation failed: the next poll computes the view again
         if self.shown is not None and shown.sample.step < self.shown.sample.step:
             return  # a newer poll already arrived
         if shown.settings != self.settings:

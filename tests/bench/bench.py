@@ -748,6 +748,17 @@ async def _ui_bench(n: int, rounds: int, tick_seconds: float, interval: float) -
         original_show(shown)
         shows.append((pc(), shown.settings, app.query_one(FlowTable).generation))
 
+    computes: list[tuple[str, float]] = []  # caller (poll or view worker), seconds
+    original_compute = app._compute
+
+    def compute(*a: Any) -> Any:
+        t = pc()
+        try:
+            return original_compute(*a)
+        finally:
+            computes.append((sys._getframe(1).f_code.co_name, pc() - t))
+
+    app._compute = compute  # type: ignore[method-assign]
     app._poll_done = poll_done  # type: ignore[method-assign]
     app._view_done = view_done  # type: ignore[method-assign]
     app._show = show  # type: ignore[method-assign]
@@ -910,6 +921,12 @@ async def _ui_bench(n: int, rounds: int, tick_seconds: float, interval: float) -
             await settle("clear filter (esc)", ["escape"], lambda s0=s0: s0)
             table.focus()
         out["keys"] = {name: _stat(v) for name, v in latencies.items()}
+        # The view computed for a key (in a view worker) and after each poll (in the poll
+        # worker): how much of a key's latency is the computation itself.
+        out["view_compute_s"] = {
+            "key": _stat([s for name, s in computes if name == "_view_worker"]),
+            "poll": _stat([s for name, s in computes if name == "_poll_worker"]),
+        }
         out["key_misses"] = misses
         out["polls"] = app.polls
         out["vmhwm_kib"] = proc_status("self").get("VmHWM")
