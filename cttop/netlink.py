@@ -188,45 +188,58 @@ def frame_answer(
     NLMSG_DONE raise NetlinkErrno; framing errors and other sequence numbers are counted.
     """
     out: list[tuple[int, int]] = []
+    try:
+        return _frame(data, seq, stats, out)
+    finally:
+        stats.messages += len(out)  # counted once a datagram: this runs per message
+
+
+def _frame(
+    data: bytes, seq: int, stats: DumpStats, out: list[tuple[int, int]]
+) -> tuple[list[tuple[int, int]], tuple[int, int] | None]:
     off = 0
     n = len(data)
-    unpack = NLMSG_HDR.unpack_from
+    unpack = _LEN_TYPE_SEQ.unpack_from
+    append = out.append
     hdr = NLMSG_HDR.size
-    while n - off >= hdr:
-        length, t, flags, mseq, _pid = unpack(data, off)
-        end = off + length
-        if length < hdr or end > n:
-            # Nothing after a bad length can be trusted: the next header's place is unknown.
-            stats.malformed += 1
-            return out, None
-        if mseq != seq:
-            stats.stale += 1
-        elif t >= NLMSG_MIN_TYPE:
-            if flags & NLM_F_DUMP_INTR:
-                stats.interrupted = True
-            stats.messages += 1
-            out.append((off, end))
-        elif t == NLMSG_DONE:
-            if length >= hdr + 4:
-                (err,) = NLMSGERR.unpack_from(data, off + hdr)
-                if err < 0:
-                    raise NetlinkErrno(-err, "dump")
-            return out, (off, end)
-        elif t == NLMSG_ERROR:
-            if length < hdr + 4:
+    flagged = 0
+    try:
+        while n - off >= hdr:
+            length, t, flags, mseq = unpack(data, off)
+            end = off + length
+            if length < hdr or end > n:
+                # Nothing after a bad length can be trusted: the next header's place is unknown.
                 stats.malformed += 1
-            else:
-                (err,) = NLMSGERR.unpack_from(data, off + hdr)
-                if err < 0:
-                    raise NetlinkErrno(-err)
-                return out, (off, end)  # an ACK
-        elif t == NLMSG_OVERRUN:
-            raise NetlinkErrno(errno.ENOBUFS, "netlink overrun")
-        # NLMSG_NOOP and reserved control types: nothing to do
-        off += (length + 3) & ~3
-    if off < n and n - off >= 4:
-        stats.malformed += 1
-    return out, None
+                return out, None
+            if mseq != seq:
+                stats.stale += 1
+            elif t >= NLMSG_MIN_TYPE:
+                flagged |= flags
+                append((off, end))
+            elif t == NLMSG_DONE:
+                if length >= hdr + 4:
+                    (err,) = NLMSGERR.unpack_from(data, off + hdr)
+                    if err < 0:
+                        raise NetlinkErrno(-err, "dump")
+                return out, (off, end)
+            elif t == NLMSG_ERROR:
+                if length < hdr + 4:
+                    stats.malformed += 1
+                else:
+                    (err,) = NLMSGERR.unpack_from(data, off + hdr)
+                    if err < 0:
+                        raise NetlinkErrno(-err)
+                    return out, (off, end)  # an ACK
+            elif t == NLMSG_OVERRUN:
+                raise NetlinkErrno(errno.ENOBUFS, "netlink overrun")
+            # NLMSG_NOOP and reserved control types: nothing to do
+            off += (length + 3) & ~3
+        if off < n and n - off >= 4:
+            stats.malformed += 1
+        return out, None
+    finally:
+        if flagged & NLM_F_DUMP_INTR:
+            stats.interrupted = True
 
 
 def _ends_answer(data: bytes, seq: int) -> bool:
