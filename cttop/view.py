@@ -10,7 +10,8 @@ import contextlib
 import functools
 import math
 import socket
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, compress, groupby, repeat
 from operator import and_, attrgetter, is_, itemgetter, not_, or_
 from typing import Any, NamedTuple
@@ -89,12 +90,60 @@ def _masked(pred: Predicate, mask: _Mask) -> Predicate:
     return pred
 
 
+class _ColumnStore:
+    """The columns of one list of flows (`get` over every flow: a list, and its distinct
+    values), kept with a sample's memo: typing a filter re-filters the same rows at every key,
+    and the terms mostly read the same few columns (a port, the addresses, the protocol)."""
+
+    __slots__ = ("distinct", "flows", "values")
+
+    def __init__(self, flows: list[Flow]) -> None:
+        self.flows = flows
+        self.values: dict[Callable[[Flow], Any], list[Any]] = {}
+        self.distinct: dict[Callable[[Flow], Any], set[Any]] = {}
+
+
+_local = threading.local()  # .columns: the _ColumnStore of the computation on this thread
+
+
+@contextlib.contextmanager
+def _columns_of(store: _ColumnStore | None) -> Iterator[None]:
+    before = getattr(_local, "columns", None)
+    _local.columns = store
+    try:
+        yield
+    finally:
+        _local.columns = before
+
+
+def _column(get: Callable[[Flow], Any], flows: list[Flow]) -> list[Any]:
+    """list(map(get, flows)), from this thread's column store when it holds these flows."""
+    store: _ColumnStore | None = getattr(_local, "columns", None)
+    if store is None or store.flows is not flows:
+        return list(map(get, flows))
+    values = store.values.get(get)
+    if values is None:
+        values = store.values[get] = list(map(get, flows))
+    return values
+
+
+def _distinct(get: Callable[[Flow], Any], flows: list[Flow], values: list[Any]) -> set[Any]:
+    """set(values), where values is _column(get, flows): from the store too."""
+    store: _ColumnStore | None = getattr(_local, "columns", None)
+    if store is None or store.flows is not flows:
+        return set(values)
+    distinct = store.distinct.get(get)
+    if distinct is None:
+        distinct = store.distinct[get] = set(values)
+    return distinct
+
+
 def _by_value(get: Callable[[Flow], Any], test: Callable[[Any], bool]) -> _Mask:
     """A mask testing one value per flow, each distinct value once."""
 
     def mask(flows: list[Flow]) -> list[bool]:
-        values = list(map(get, flows))
-        verdict = {v: bool(test(v)) for v in set(values)}
+        values = _column(get, flows)
+        verdict = {v: bool(test(v)) for v in _distinct(get, flows, values)}
         return list(map(verdict.__getitem__, values))
 
     return mask
@@ -352,12 +401,12 @@ def _proto_is(*protonums: int) -> Predicate:
         (protonum,) = protonums
         return _masked(
             lambda flow: flow.protonum == protonum,
-            lambda flows: list(map(protonum.__eq__, map(_protonum, flows))),
+            lambda flows: list(map(protonum.__eq__, _column(_protonum, flows))),
         )
     among = frozenset(protonums)
     return _masked(
         lambda flow: flow.protonum in among,
-        lambda flows: list(map(among.__contains__, map(_protonum, flows))),
+        lambda flows: list(map(among.__contains__, _column(_protonum, flows))),
     )
 
 
@@ -381,7 +430,7 @@ def state_named(name: str) -> Predicate:
 def _family_is(family: int) -> Predicate:
     return _masked(
         lambda flow: flow.family == family,
-        lambda flows: list(map(family.__eq__, map(_family, flows))),
+        lambda flows: list(map(family.__eq__, _column(_family, flows))),
     )
 
 
@@ -413,7 +462,7 @@ def _state_term(token: str, value: str) -> Predicate:
     pairs = frozenset(pair for n in names for pair in _STATES[n])
     return _masked(
         lambda flow: (flow.protonum, flow.state) in pairs,
-        lambda flows: list(map(pairs.__contains__, map(_proto_and_state, flows))),
+        lambda flows: list(map(pairs.__contains__, _column(_proto_and_state, flows))),
     )
 
 
@@ -505,7 +554,7 @@ def _port_mask(test: Callable[[int | None], bool], gets: tuple[Any, ...]) -> _Ma
 
 
 def _has_ports(flows: list[Flow]) -> list[bool]:
-    return list(map(_PORT_PROTOS.__contains__, map(_protonum, flows)))
+    return list(map(_PORT_PROTOS.__contains__, _column(_protonum, flows)))
 
 
 def _sport_term(token: str, value: str) -> Predicate:
@@ -569,7 +618,7 @@ def _mark_term(token: str, value: str) -> Predicate:
 def _zone_term(token: str, value: str) -> Predicate:
     zone = _number(token, value, "zone", 0xFFFF)
     return _masked(
-        lambda flow: flow.zone == zone, lambda flows: list(map(zone.__eq__, map(_zone, flows)))
+        lambda flow: flow.zone == zone, lambda flows: list(map(zone.__eq__, _column(_zone, flows)))
     )
 
 
@@ -1126,6 +1175,14 @@ def _the_other_way(ordered: FlowRows, column: _Column) -> FlowRows:
 _MEMO_ORDERS = 3
 
 
+def memo_parts(memo: dict[Any, Any]) -> list[list[Any]]:
+    """The big lists a memo of `apply` holds (for a front end that frees them gradually)."""
+    parts: list[list[Any]] = []
+    for ordered, columns in list(memo.values()):
+        parts += [ordered.flows, ordered.rates, *columns.values.values()]
+    return parts
+
+
 class ViewResult(NamedTuple):
     rows: FlowRows | list[GroupRow]  # ordered; at most `limit`
     totals: ViewTotals  # of every flow that passed the filter
@@ -1166,20 +1223,22 @@ def apply(
     pred = parse_filter(filter) if isinstance(filter, str) else filter
     table = FlowRows.of(rows)
     if mode == "none" and memo is not None:
-        ordered = memo.get((sort, reverse))
-        if ordered is None:
+        known = memo.get((sort, reverse))
+        if known is None:
             other = memo.get((sort, not reverse))
             ordered = (
                 sort_flows(table, sort, reverse)
                 if other is None
-                else _the_other_way(other, _FLOW_COLUMNS[_sort_key(sort).name])
+                else _the_other_way(other[0], _FLOW_COLUMNS[_sort_key(sort).name])
             )
             if len(memo) >= _MEMO_ORDERS:
                 del memo[next(iter(memo))]
-            memo[(sort, reverse)] = ordered
+            known = memo[(sort, reverse)] = (ordered, _ColumnStore(ordered.flows))
+        ordered, columns = known
         flows, rates = ordered.flows, ordered.rates
         if pred is not None and pred is not _match_all:
-            keep = matches(pred, flows)
+            with _columns_of(columns):
+                keep = matches(pred, flows)
             flows = list(compress(flows, keep))
             rates = list(compress(rates, keep))
         totals = ViewTotals(flows, rates)

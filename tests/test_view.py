@@ -531,6 +531,31 @@ def test_apply_groups():
     assert result.totals.rate == Rate(60.0, 90.0, 2.0, 2.0)
 
 
+def test_a_memo_reads_each_column_once_for_the_filters_typed_after_each_other(monkeypatch):
+    """Typing a filter re-filters the same sample at every key: a memo keeps the columns the
+    terms read, so the next filter over the same column does not read every flow again."""
+    import cttop.view as view_module
+
+    reads: list[object] = []
+    real_map = map
+
+    def counting_map(fn, *its):  # type: ignore[no-untyped-def]
+        reads.append(fn)
+        return real_map(fn, *its)
+
+    memo: dict[object, object] = {}
+    first = apply(GROUPABLE, filter="dport:443", memo=memo)
+    monkeypatch.setattr(view_module, "map", counting_map, raising=False)
+    again = apply(GROUPABLE, filter="dport:44", memo=memo)
+    monkeypatch.undo()
+    assert view_module._PORT_VALUES[1] not in reads  # the port column came from the memo
+    assert view_module._protonum not in reads
+    assert ids(first.rows) == ids(apply(GROUPABLE, filter="dport:443").rows)
+    assert ids(again.rows) == ids(apply(GROUPABLE, filter="dport:44").rows) == []
+    # Another memo (another sample, or no memo at all) never sees these columns.
+    assert ids(apply(GROUPABLE, filter="dport:443", memo={}).rows) == ids(first.rows)
+
+
 def test_apply_accepts_a_predicate_and_plain_rows():
     pred = parse_filter("dport:443")
     result = apply(list(GROUPABLE), filter=pred, sort="src")

@@ -47,6 +47,7 @@ from cttop.view import (
     ViewResult,
     all_of,
     apply,
+    memo_parts,
     parse_filter,
     proto_is,
     proto_not,
@@ -139,8 +140,7 @@ def _containers(
         found += [sample.rows.flows, sample.rows.rates]
         if with_snapshot:
             found.append(sample.snapshot.flows)
-        for memo in list(sample.views.values()):
-            found += [memo.flows, memo.rates]
+        found += memo_parts(sample.views)
     return [part for part in found if isinstance(part, list | dict)]
 
 

@@ -13,8 +13,9 @@ For each size N, in one fresh network namespace ``cttop-bench-<pid>-<N>`` and on
    request per second on loopback (the kernel answers, so both directions count), for as long as
    the size is measured (K = --moving share of N, at most --moving-max);
 2. rounds (--repeat, one untimed warm-up first), each running every timing once: ``conntrack -L``,
-   the raw recv floor, and one steady-state cttop poll -- ``ConntrackClient.snapshot()`` +
-   ``Sampler.step()`` at least --interval after the previous poll (what the TUI does), with the
+   the raw recv floor, and one steady-state cttop poll exactly as the TUI's poll worker takes
+   it -- ``ConntrackClient.snapshot()`` with the sampler's diff fed while the dump arrives, then
+   ``Sampler.step()``, the collector off -- at least --interval after the previous poll, with the
    view step (sort by rate) and the release of the previous sample timed separately; plus dumps
    with kernel-side filters (family ipv6, mark 1) to show what the kernel no longer sends;
 3. the real TUI (``cttop --netns NAME``) under a pty of 160x48 for --tui-seconds after a warm-up:
@@ -321,6 +322,22 @@ def _moved(rates: list[Any]) -> int:
     return sum(1 for r in rates if r is not None and r is not ZERO_RATE)
 
 
+def tui_poll(
+    client: ConntrackClient, sampler: Sampler, heap: HeapPolicy, phase: list[str] | None = None
+) -> tuple[Any, Any, float]:
+    """One poll exactly as the TUI's poll worker takes it (`cttop.source.take` on a live
+    source, the collector off): the sampler's diff is fed while the dump arrives, the step
+    finishes it. Returns (snapshot, sample, perf_counter when the snapshot was complete);
+    `heap.after_poll()` is the caller's."""
+    heap.before_poll()
+    fed = sampler.feed()
+    snap = client.snapshot(feed=fed)
+    t = time.perf_counter()
+    if phase is not None:
+        phase[0] = "step"
+    return snap, sampler.step(snap, fed), t
+
+
 def measure_worker(n: int, repeat: int, interval: float) -> dict[str, Any]:
     series: dict[str, list[float]] = {}
     info: dict[str, Any] = {}
@@ -346,9 +363,7 @@ def measure_worker(n: int, repeat: int, interval: float) -> dict[str, Any]:
             time.sleep(wait)
         last_poll = time.monotonic()
         t0 = pc()
-        snap = client.snapshot()
-        t1 = pc()
-        sample = sampler.step(snap)
+        snap, sample, t1 = tui_poll(client, sampler, heap)
         t2 = pc()
         result = apply(sample.rows)  # the TUI's view step: no filter, sort by rate
         t3 = pc()
@@ -418,8 +433,7 @@ def profile_worker(n: int, interval: float) -> dict[str, Any]:
     keep: Any = None
 
     def poll() -> Any:
-        snap = client.snapshot()
-        sample = sampler.step(snap)
+        _snap, sample, _t = tui_poll(client, sampler, heap)
         heap.after_poll()
         return sample
 
@@ -462,6 +476,7 @@ def profile_worker(n: int, interval: float) -> dict[str, Any]:
     out["gc_freeze_count"] = gc.get_freeze_count()
     # A structural breakdown of a typical flow (a synthetic UDP one) and of the containers.
     sample_flow = next(f for f in flows.values() if f.protonum == c.IPPROTO_UDP)
+    caches = [shape.cache for shapes in client.decoder.shapes.values() for shape in shapes]
     sizes = {
         "Flow (20-field tuple)": sys.getsizeof(sample_flow),
         "orig Tuple": sys.getsizeof(sample_flow.orig),
@@ -475,9 +490,8 @@ def profile_worker(n: int, interval: float) -> dict[str, Any]:
             sys.getsizeof(keep.rows.flows) + sys.getsizeof(keep.rows.rates)
         )
         / nflows,
-        "decoder tuple cache dict, per entry": sys.getsizeof(client.decoder.tuples) / nflows,
-        "decoder cache key (bytes)": _mean_size(list(client.decoder.tuples)[:1000]),
-        "decoder cache value (3-tuple)": sys.getsizeof(next(iter(client.decoder.tuples.values()))),
+        "decoder fingerprint caches (dicts), per entry": sum(map(sys.getsizeof, caches)) / nflows,
+        "decoder fingerprint (bytes)": _mean_size([fp for cache in caches for fp in cache][:1000]),
     }
     out["sizes_bytes"] = sizes
     del keep, flows, sample_flow
@@ -588,9 +602,7 @@ def stall_attribution(
             for _ in range(polls):
                 time.sleep(interval)
                 phase[0] = "snapshot"
-                snap = client.snapshot()
-                phase[0] = "step"
-                sample = sampler.step(snap)
+                snap, sample, _t = tui_poll(client, sampler, heap, phase)
                 phase[0] = "view"
                 result = apply(sample.rows)
                 phase[0] = "heap"
