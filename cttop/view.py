@@ -12,8 +12,8 @@ import math
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from itertools import chain, compress, groupby, repeat
-from operator import and_, attrgetter, is_, itemgetter, not_, or_
+from itertools import compress, repeat
+from operator import and_, attrgetter, is_, is_not, itemgetter, ne, not_, or_
 from typing import Any, NamedTuple
 
 from cttop.conntrack.const import (
@@ -1103,7 +1103,7 @@ class ViewTotals:
         self.flows = len(flows)
         self.no_rate = rates.count(None)  # flows among them without a rate
         # The shared zero adds nothing to a sum (x + 0.0 == x): only the others are summed.
-        moving = list(filter(ZERO_RATE.__ne__, filter(None, rates)))
+        moving = list(filter(None, compress(rates, map(is_not, rates, repeat(ZERO_RATE)))))
         present: list[Rate] = moving if moving or self.no_rate == len(rates) else [ZERO_RATE]
         # Sum over the flows with a rate; None when none has one.
         # fsum: exactly rounded, so the same flows give the same total in any order.
@@ -1164,10 +1164,17 @@ def _the_other_way(ordered: FlowRows, column: _Column) -> FlowRows:
     flows, rates = ordered.flows, ordered.rates
     values = column(flows, rates)
     present = len(values) - values.count(None)
-    runs = [list(run) for _, run in groupby(range(present), key=values.__getitem__)]
-    order = list(chain.from_iterable(reversed(runs)))
-    order += range(present, len(values))
-    return FlowRows(list(map(flows.__getitem__, order)), list(map(rates.__getitem__, order)))
+    # Where a run starts: each index whose value differs from the one before (at C speed).
+    starts = [0, *compress(range(1, present), map(ne, values[1:present], values[: present - 1]))]
+    bounds = list(zip(starts, [*starts[1:], present], strict=True))
+    out_flows: list[Flow] = []
+    out_rates: list[Rate | None] = []
+    for start, end in reversed(bounds if present else []):
+        out_flows += flows[start:end]
+        out_rates += rates[start:end]
+    out_flows += flows[present:]
+    out_rates += rates[present:]
+    return FlowRows(out_flows, out_rates)
 
 
 # Whole-table orders a memo keeps (4 MB each at 250k flows): the current sort both ways and one
@@ -1178,7 +1185,7 @@ _MEMO_ORDERS = 3
 def memo_parts(memo: dict[Any, Any]) -> list[list[Any]]:
     """The big lists a memo of `apply` holds (for a front end that frees them gradually)."""
     parts: list[list[Any]] = []
-    for ordered, columns in list(memo.values()):
+    for ordered, columns, _shared in list(memo.values()):
         parts += [ordered.flows, ordered.rates, *columns.values.values()]
     return parts
 
@@ -1231,17 +1238,22 @@ def apply(
                 if other is None
                 else _the_other_way(other[0], _FLOW_COLUMNS[_sort_key(sort).name])
             )
+            # What does not depend on the order (the unfiltered totals) is shared by all.
+            shared = next(iter(memo.values()))[2] if memo else {}
             if len(memo) >= _MEMO_ORDERS:
                 del memo[next(iter(memo))]
-            known = memo[(sort, reverse)] = (ordered, _ColumnStore(ordered.flows))
-        ordered, columns = known
+            known = memo[(sort, reverse)] = (ordered, _ColumnStore(ordered.flows), shared)
+        ordered, columns, shared = known
         flows, rates = ordered.flows, ordered.rates
         if pred is not None and pred is not _match_all:
             with _columns_of(columns):
                 keep = matches(pred, flows)
             flows = list(compress(flows, keep))
             rates = list(compress(rates, keep))
-        totals = ViewTotals(flows, rates)
+            totals = ViewTotals(flows, rates)
+        else:
+            known_totals: ViewTotals | None = shared.get("totals")
+            totals = known_totals or shared.setdefault("totals", ViewTotals(flows, rates))
         matched = len(flows)
         if limit is not None:
             flows, rates = flows[:limit], rates[:limit]

@@ -342,10 +342,10 @@ class CttopApp(App[int]):
             self._poll_timer.stop()
             self._poll_timer = None
         self._polling = True
-        self._poll_worker(self.settings, self.selected_key)
+        self._poll_worker()
 
     @work(thread=True, group="poll", exit_on_error=False)
-    def _poll_worker(self, settings: ViewSettings, key: Any) -> None:
+    def _poll_worker(self) -> None:
         started = self._timer()
         # Drop the samples the screen no longer shows here, not on the UI thread: freeing a
         # big table takes tens of milliseconds.
@@ -354,7 +354,9 @@ class CttopApp(App[int]):
         try:
             sample = take(self.source, self.sampler, self._yield_to_view)
             self._yield_to_view()
-            shown = self._compute(sample, settings, key)
+            # The settings as they are now, not as they were when the poll started: a key
+            # pressed during the dump is not undone by the poll's view (and computed again).
+            shown = self._compute(sample, self.settings, self.selected_key)
             self.heap.after_poll()
         except Exception as e:  # shown in the header; polling goes on
             self.heap.after_poll()

@@ -760,15 +760,18 @@ async def _ui_bench(n: int, rounds: int, tick_seconds: float, interval: float) -
         original_show(shown)
         shows.append((pc(), shown.settings, app.query_one(FlowTable).generation))
 
-    computes: list[tuple[str, float]] = []  # caller (poll or view worker), seconds
+    # caller (poll or view worker), seconds, CPU seconds of its thread meanwhile
+    computes: list[tuple[str, float, float]] = []
     original_compute = app._compute
 
     def compute(*a: Any) -> Any:
         t = pc()
+        cpu = time.thread_time()
         try:
             return original_compute(*a)
         finally:
-            computes.append((sys._getframe(1).f_code.co_name, pc() - t))
+            took = pc() - t
+            computes.append((sys._getframe(1).f_code.co_name, took, time.thread_time() - cpu))
 
     app._compute = compute  # type: ignore[method-assign]
     app._poll_done = poll_done  # type: ignore[method-assign]
@@ -936,8 +939,13 @@ async def _ui_bench(n: int, rounds: int, tick_seconds: float, interval: float) -
         # The view computed for a key (in a view worker) and after each poll (in the poll
         # worker): how much of a key's latency is the computation itself.
         out["view_compute_s"] = {
-            "key": _stat([s for name, s in computes if name == "_view_worker"]),
-            "poll": _stat([s for name, s in computes if name == "_poll_worker"]),
+            "key": _stat([s for name, s, _cpu in computes if name == "_view_worker"]),
+            "poll": _stat([s for name, s, _cpu in computes if name == "_poll_worker"]),
+        }
+        # Its thread's CPU time meanwhile: the rest of the wall time it waited (for the GIL).
+        out["view_compute_cpu_s"] = {
+            "key": _stat([cpu for name, _s, cpu in computes if name == "_view_worker"]),
+            "poll": _stat([cpu for name, _s, cpu in computes if name == "_poll_worker"]),
         }
         out["key_misses"] = misses
         out["polls"] = app.polls
@@ -1350,6 +1358,13 @@ def format_details(results: list[dict[str, Any]]) -> str:
             + "; ".join(f"{name} {_ms(s, 'max')}" for name, s in ui.get("keys", {}).items())
             + (f"; MISSED {ui['key_misses']}" if ui.get("key_misses") else ""),
         ]
+        vc, vcpu = ui.get("view_compute_s") or {}, ui.get("view_compute_cpu_s") or {}
+        if vc.get("key"):
+            lines.append(
+                "  view computations (ms, median (max)): for a key "
+                f"{_ms(vc['key'], 'max')}, its thread's CPU {_ms(vcpu.get('key'), 'max')}; "
+                f"after a poll {_ms(vc.get('poll'), 'max')}, CPU {_ms(vcpu.get('poll'), 'max')}"
+            )
         ipt = r.get("iptstate")
         if ipt:
             lines.append(
