@@ -230,10 +230,12 @@ class StepFeed:
         "flows",
         "gone",
         "idle",
+        "listed",
         "metering",
         "moved",
         "new",
         "no_counters",
+        "pairs",
         "pause",
         "rates",
         "restarted",
@@ -265,6 +267,10 @@ class StepFeed:
         self.restarted = 0
         self.idle = False  # some rate is ZERO_RATE (to be undone if the step has no interval)
         self.dirty = False
+        # The flows in the order added (the dict's order while no key came twice) and their
+        # (protocol, state) counted, a batch at a time while the dump arrives.
+        self.listed: list[Flow] = []
+        self.pairs: Counter[tuple[int, int | None]] = Counter()
 
     def add(self, flows: dict[FlowKey, Flow], batch: list[Flow]) -> None:
         """Put the next flows of a dump into the snapshot's dict `flows` (by key; a key that
@@ -321,6 +327,8 @@ class StepFeed:
             append(None)
         if idle:
             self.idle = True
+        self.listed += batch
+        self.pairs.update(map(_proto_and_state, batch))
         self.count = len(flows)
         self.flows = flows
 
@@ -492,7 +500,7 @@ class Sampler:
 
         by_proto: dict[str, int] = {}
         by_tcp_state: dict[str | None, int] = {}
-        for (protonum, state), count in Counter(map(_proto_and_state, flows.values())).items():
+        for (protonum, state), count in fed.pairs.items():
             name = proto_name(protonum)
             by_proto[name] = by_proto.get(name, 0) + count
             if protonum == IPPROTO_TCP:
@@ -521,7 +529,7 @@ class Sampler:
         self._totals.append(totals)
         self._prev_flows = flows
         self._prev_time = now
-        return Sample(snapshot, FlowRows(list(flows.values()), rates), interval, totals, step)
+        return Sample(snapshot, FlowRows(fed.listed, rates), interval, totals, step)
 
     def _resume(
         self, key: FlowKey, f: Flow, back: tuple[Flow, float, int], now: float, step: int
