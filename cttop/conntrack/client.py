@@ -203,6 +203,7 @@ class ConntrackClient:
         check = not flt.empty
         fast = not check and raw_sink is None
         decode = self.decoder.decode
+        entry, fallback = self.decoder.entries.get, self.decoder.fallback
         payload = nfgenmsg(flt.family) + flt.request_attrs()
         self.decoder.begin()
         with self._session() as sock:
@@ -213,7 +214,9 @@ class ConntrackClient:
                     # A message too short or malformed sends the datagram the careful way.
                     try:
                         yield [
-                            decode(data, off + _PAYLOAD, end, data[off + _FAMILY])
+                            entry(end - off - _PAYLOAD, fallback)(
+                                data, off + _PAYLOAD, end, data[off + _FAMILY]
+                            )
                             for off, end in offsets
                         ]
                         continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 from typing import Final
 
 from cttop.conntrack import const as c
@@ -270,15 +271,20 @@ _MAX_SHAPES_PER_LENGTH: Final = 4
 _MAX_SHAPES: Final = 256
 
 
+_Decode = Callable[[bytes, int, int, int], Flow]
+_Miss = Callable[[bytes, int, int, int, int], Flow]
+
+
 class _Shape:
-    """One compiled layout: `run(buf, off, family, cache, renewed)` -> Flow | None, and its
-    cache of the flows it decoded by fingerprint (the message's bytes but the timeout's value),
-    renewed by `FastDecoder`."""
+    """One compiled layout: `run(buf, off, end, family)` -> Flow, and its cache of the flows it
+    decoded by fingerprint (the message's bytes but the timeout's value), renewed by
+    `FastDecoder`. A message the layout does not fit goes on to `miss(buf, off, end, family,
+    k)`: the next shape of its length (k), or the reference decoder."""
 
     __slots__ = ("cache", "renewed", "run")
 
-    def __init__(self, run: object) -> None:
-        self.run = run
+    def __init__(self) -> None:
+        self.run: _Decode
         self.cache: dict[bytes, Flow] = {}
         self.renewed: dict[bytes, Flow] | None = None
 
@@ -520,7 +526,9 @@ class _ShapeBuilder:
         return "".join(self.fmt)
 
 
-def _compile_shape(buf: bytes, off: int, end: int) -> _Shape | None:
+def _compile_shape(buf: bytes, off: int, end: int, miss: _Miss, after: int) -> _Shape | None:
+    """A shape for messages laid out like buf[off:end]; what it does not fit goes to
+    `miss(..., after)`."""
     b = _ShapeBuilder()
     try:
         fmt = b.learn(buf, off, end)
@@ -559,29 +567,38 @@ def _compile_shape(buf: bytes, off: int, end: int) -> _Shape | None:
     size = end - off
     to = b.timeout_at
     if to is None:  # no timeout (an offloaded entry): the whole message is the fingerprint
-        split, parts, timeout = struct.Struct(f">{size}s"), "(fp,) = split(buf, off)", "h[7]"
+        split, parts, timeout = struct.Struct(f">{size}s"), "(fp,) = split(buf, off)", "f7"
     else:
         split = struct.Struct(f">{to}sI{size - to - 4}s")
         parts, timeout = "pre, tmo, post = split(buf, off)\n    fp = pre + post", "tmo"
-    reused = ", ".join(timeout if i == 7 else f"h[{i}]" for i in range(len(Flow._fields)))
+    # A known message but for its timeout: the cached flow's fields, unpacked at once (faster
+    # than twenty subscripts), with the new timeout.
+    names = [f"f{i}" for i in range(len(Flow._fields))]
+    reused = ", ".join(timeout if i == 7 else name for i, name in enumerate(names))
     src = (
-        "def run(buf, off, family, cache, renewed):\n"
+        "def run(buf, off, end, family):\n"
         f"    {parts}\n"
-        "    h = cache.get(fp)\n"
+        "    h = shape.cache.get(fp)\n"
         "    if h is not None and h[0] == family:\n"
+        f"        {', '.join(names)} = h\n"
         f"        flow = new(Flow, ({reused}))\n"
         "    else:\n"
         "        v = unpack(buf, off)\n"
         f"        if ({got}) != want:\n"
-        "            return None\n"
-        f"        t = region(v[{b.region}])\n"
+        "            return miss(buf, off, end, family, after)\n"
+        "        try:\n"
+        f"            t = region(v[{b.region}])\n"
+        "        except DecodeError:\n"
+        "            return miss(buf, off, end, family, after)\n"
         f"        flow = new(Flow, ({', '.join(flow_fields)}))\n"
+        "    renewed = shape.renewed\n"
         "    if renewed is None:\n"
-        "        cache[fp] = flow\n"
+        "        shape.cache[fp] = flow\n"
         "    else:\n"
         "        renewed[fp] = flow\n"
         "    return flow\n"
     )
+    shape = _Shape()
     env: dict[str, object] = {
         "unpack": unpacker.unpack_from,
         "split": split.unpack_from,
@@ -589,12 +606,17 @@ def _compile_shape(buf: bytes, off: int, end: int) -> _Shape | None:
         "region": _decode_tuples_region,
         "new": tuple.__new__,
         "Flow": Flow,
+        "DecodeError": DecodeError,
         "_labels": _labels,
         "_cstring": _cstring,
+        "shape": shape,
+        "miss": miss,
+        "after": after,
     }
     # Generated from our own struct layout above; no outside text reaches it.
     exec(src, env)
-    return _Shape(env["run"])
+    shape.run = env["run"]  # type: ignore[assignment]
+    return shape
 
 
 class FastDecoder:
@@ -615,6 +637,9 @@ class FastDecoder:
 
     def __init__(self) -> None:
         self.shapes: dict[int, list[_Shape]] = {}
+        # Message length -> the run of the first shape of that length (see `decode`): a dump
+        # calls the compiled code directly, one Python call per message.
+        self.entries: dict[int, _Decode] = {}
         self.nshapes = 0
         self._dumps = 0
         self._kept = 0  # entries the last renewal kept
@@ -645,23 +670,31 @@ class FastDecoder:
         self._renewing = False
 
     def decode(self, buf: bytes, off: int, end: int, family: int) -> Flow:
-        """Same result as `decode_flow(buf, off, end, family)`, usually much faster."""
+        """Same result as `decode_flow(buf, off, end, family)`, usually much faster.
+
+        A loop over many messages can do what this does without its call:
+        `decoder.entries.get(end - off, decoder.fallback)(buf, off, end, family)`."""
+        return self.entries.get(end - off, self.fallback)(buf, off, end, family)
+
+    def fallback(self, buf: bytes, off: int, end: int, family: int) -> Flow:
+        """Decode a message of a length no shape has (yet)."""
+        return self._miss(buf, off, end, family, 0)
+
+    def _miss(self, buf: bytes, off: int, end: int, family: int, after: int) -> Flow:
+        """Shape `after - 1` did not fit (or none was tried): the next shape of this length,
+        or the reference decoder (a layout met for the first time is learned then). Shapes
+        of one length differ where a zone moves attributes around."""
         shapes = self.shapes.get(end - off)
-        if shapes is not None:
-            for shape in shapes:
-                try:
-                    flow = shape.run(buf, off, family, shape.cache, shape.renewed)  # type: ignore[operator]
-                except DecodeError:
-                    # Headers matched but the tuples did not fit this shape: another shape of
-                    # the same length may be the right one (zones move attributes around).
-                    continue
-                if flow is not None:
-                    return flow  # type: ignore[no-any-return]
+        if shapes is not None and after < len(shapes):
+            return shapes[after].run(buf, off, end, family)
         flow = decode_flow(buf, off, end, family)
         if self.nshapes < _MAX_SHAPES and (shapes is None or len(shapes) < _MAX_SHAPES_PER_LENGTH):
-            learned = _compile_shape(buf, off, end)
+            # On a miss, the new shape hands over to the one after it (none yet: the reference).
+            after = 1 + (0 if shapes is None else len(shapes))
+            learned = _compile_shape(buf, off, end, self._miss, after)
             if learned is not None:
                 learned.renewed = {} if self._renewing else None
                 self.shapes.setdefault(end - off, []).append(learned)
+                self.entries.setdefault(end - off, learned.run)
                 self.nshapes += 1
         return flow
