@@ -25,6 +25,9 @@ from cttop.conntrack.const import (
     IPPROTO_TCP,
     IPPROTO_UDP,
     IPPROTO_UDPLITE,
+    IPS_ASSURED,
+    IPS_OFFLOAD,
+    IPS_SEEN_REPLY,
     PROTO_NAMES,
     STATE_TABLES,
     proto_name,
@@ -281,18 +284,38 @@ def parse_filter(expr: str) -> Predicate:
     return _all_of(preds)
 
 
+# Keywords that test one status bit: the bit, and whether the keyword wants it set.
+_STATUS_WORDS: dict[str, tuple[int, bool]] = {
+    "assured": (IPS_ASSURED, True),
+    "unreplied": (IPS_SEEN_REPLY, False),
+    "offload": (IPS_OFFLOAD, True),
+    "offloaded": (IPS_OFFLOAD, True),
+}
+
+
 def kernel_filter(expr: str) -> dict[str, int]:
     """The part of a (valid) expression the kernel can apply to its dump, so it sends less:
-    `family`, `mark` (with `mark_mask`) and `zone` from plain, non-negated terms. A field named
-    twice is left to the view. The view still applies the whole expression afterwards.
+    `family`, `mark` (with `mark_mask`) and `zone` from plain, non-negated terms, and `status`
+    with `status_mask` from the status keywords (assured, unreplied, offload), negated or not:
+    the bits they want set and clear. A field named twice is left to the view, and so are
+    status keywords that contradict each other. The view still applies the whole expression
+    afterwards.
     """
     parse_filter(expr)  # raise on a bad expression, exactly as the view would
     found: dict[str, list[dict[str, int]]] = {}
+    bits_set = bits_clear = 0
     for negate, token in _terms(expr):
-        if negate:
-            continue
         field, colon, value = token.partition(":")
         field, word = field.lower(), token.lower()
+        if not colon and word in _STATUS_WORDS:
+            bit, wanted = _STATUS_WORDS[word]
+            if wanted != negate:
+                bits_set |= bit
+            else:
+                bits_clear |= bit
+            continue
+        if negate:
+            continue
         if not colon and word in _FAMILIES and not word.isdigit():  # as _term reads it
             found.setdefault("family", []).append({"family": _FAMILIES[word]})
         elif field == "family":
@@ -308,6 +331,8 @@ def kernel_filter(expr: str) -> dict[str, int]:
     for values in found.values():
         if len(values) == 1:
             out.update(values[0])
+    if (bits_set or bits_clear) and not bits_set & bits_clear:
+        out.update(status=bits_set, status_mask=bits_set | bits_clear)
     return out
 
 

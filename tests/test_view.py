@@ -615,6 +615,22 @@ def test_state_exact_name_wins_over_longer_names():
         ("zone:1 zone:2", {}),  # named twice: left to the view
         ("ipv4 ipv6", {}),
         ("udp ipv4 mark:1 zone:9", {"family": 2, "mark": 1, "mark_mask": 0xFFFFFFFF, "zone": 9}),
+        # status keywords: the bits wanted set, and the mask of every bit they test
+        ("assured", {"status": IPS_ASSURED, "status_mask": IPS_ASSURED}),
+        ("unreplied", {"status": 0, "status_mask": IPS_SEEN_REPLY}),
+        ("not unreplied", {"status": IPS_SEEN_REPLY, "status_mask": IPS_SEEN_REPLY}),
+        ("!assured offload", {"status": IPS_OFFLOAD, "status_mask": IPS_ASSURED | IPS_OFFLOAD}),
+        (
+            "tcp assured !unreplied mark:1",
+            {
+                "status": IPS_ASSURED | IPS_SEEN_REPLY,
+                "status_mask": IPS_ASSURED | IPS_SEEN_REPLY,
+                "mark": 1,
+                "mark_mask": 0xFFFFFFFF,
+            },
+        ),
+        ("assured !assured", {}),  # contradictory: the view says it matches nothing
+        ("offload !offloaded", {}),
     ],
 )
 def test_kernel_filter_pushes_down_plain_terms(expr: str, expected: dict[str, int]) -> None:
