@@ -242,6 +242,14 @@ class NetNS:
         """``conntrack -C``: nf_conntrack_count of this namespace."""
         return int(self.conntrack("-C").stdout.strip())
 
+    def insert(self, entries: list[str], timeout: int = 3600) -> NetNS:
+        """``conntrack -I`` each entry (its arguments as one string) into an empty table, and
+        check that the table holds exactly them. Returns the namespace (for fixtures)."""
+        for entry in entries:
+            self.conntrack("-I", *entry.split(), "-t", str(timeout))
+        assert self.conntrack_count() == len(entries)
+        return self
+
 
 @atexit.register
 def _close_all() -> None:

@@ -242,10 +242,7 @@ ENTRIES = [
 
 @pytest.fixture
 def table(netns: NetNS) -> NetNS:
-    for entry in ENTRIES:
-        netns.conntrack("-I", *entry.split(), "-t", "3600")
-    assert netns.conntrack_count() == len(ENTRIES)
-    return netns
+    return netns.insert(ENTRIES)
 
 
 @pytest.mark.root
