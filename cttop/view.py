@@ -1207,11 +1207,18 @@ def _the_other_way(ordered: FlowRows, column: _Column) -> FlowRows:
 _MEMO_ORDERS = 3
 
 
+_MEMO_LOCK = threading.Lock()
+
+
 def memo_parts(memo: dict[Any, Any]) -> list[list[Any]]:
-    """The big lists a memo of `apply` holds (for a front end that frees them gradually)."""
+    """The big lists a memo of `apply` holds (for a front end that frees them gradually),
+    the order its shared totals read included (it may have left the memo since)."""
     parts: list[list[Any]] = []
-    for ordered, columns, _shared in list(memo.values()):
+    for ordered, columns, shared in list(memo.values()):
         parts += [ordered.flows, ordered.rates, *columns.values.values()]
+        totals = shared.get("totals")
+        if totals is not None:
+            parts.append(totals._flows)
     return parts
 
 
@@ -1263,11 +1270,15 @@ def apply(
                 if other is None
                 else _the_other_way(other[0], _FLOW_COLUMNS[_sort_key(sort).name])
             )
-            # What does not depend on the order (the unfiltered totals) is shared by all.
-            shared = next(iter(memo.values()))[2] if memo else {}
-            if len(memo) >= _MEMO_ORDERS:
-                del memo[next(iter(memo))]
-            known = memo[(sort, reverse)] = (ordered, _ColumnStore(ordered.flows), shared)
+            # A front end may compute views of one sample on two threads at once.
+            with _MEMO_LOCK:
+                # What does not depend on the order (the unfiltered totals) is shared by all.
+                shared = next(iter(memo.values()))[2] if memo else {}
+                if len(memo) >= _MEMO_ORDERS:
+                    del memo[next(iter(memo))]
+                known = memo.setdefault(
+                    (sort, reverse), (ordered, _ColumnStore(ordered.flows), shared)
+                )
         ordered, columns, shared = known
         flows, rates = ordered.flows, ordered.rates
         if pred is not None and pred is not _match_all:

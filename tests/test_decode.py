@@ -848,3 +848,28 @@ def test_fast_decoder_tells_layouts_of_one_length_apart() -> None:
     for m in layouts:
         run = dec.entries.get(len(m), dec.fallback)
         assert run(m, 0, len(m), V4) == decode_flow(m, 0, len(m), V4)
+
+
+def test_a_dropped_decoder_is_freed_without_the_collector() -> None:
+    """The compiled shapes do not hold their decoder: a decoder dropped (a replaced client, a
+    replay that starts over) is freed with its caches at once, not at the next full collection
+    (which the heap policy runs every ten minutes)."""
+    import gc
+    import weakref
+
+    dec = FastDecoder()
+    for _ in range(2):
+        dec.begin()
+        for m in (TUPLES4 + be32(c.CTA_STATUS, 8), TUPLES4 + be32(c.CTA_MARK, 8)):
+            dec.decode(m, 0, len(m), V4)
+        dec.end()
+    assert dec.nshapes == 2 and dec.cached == 2
+    gone = weakref.ref(dec)
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        del dec
+        assert gone() is None
+    finally:
+        if was:
+            gc.enable()

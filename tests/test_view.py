@@ -32,6 +32,7 @@ from cttop.view import (
     apply,
     group_rows,
     kernel_filter,
+    memo_parts,
     parse_filter,
     service_name,
     sort_flows,
@@ -640,3 +641,38 @@ def test_kernel_filter_pushes_down_plain_terms(expr: str, expected: dict[str, in
 def test_kernel_filter_rejects_what_the_view_rejects() -> None:
     with pytest.raises(FilterError):
         kernel_filter("zone:99999")
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["assured", "unreplied", "!unreplied", "not assured", "offload", "!offload",
+     "assured !unreplied", "ipv4 unreplied mark:7", "zone:3 !assured"],
+)  # fmt: skip
+def test_pushdown_never_drops_what_the_view_keeps(expr: str) -> None:
+    """What the kernel is asked to drop (and the client drops again for kernels that ignore the
+    request) is never a flow the whole expression keeps, status absent included."""
+    from cttop.conntrack.client import DumpFilter
+
+    check = DumpFilter(**kernel_filter(expr))
+    pred = parse_filter(expr)
+    statuses = [None, 0, IPS_SEEN_REPLY, IPS_ASSURED | IPS_SEEN_REPLY, IPS_OFFLOAD, IPS_ASSURED]
+    for flow in TABLE.values():
+        for status in statuses:
+            for mark, zone in ((None, 0), (7, 0), (7, 3), (0, 3)):
+                f = flow._replace(status=status, mark=mark, zone=zone)
+                if pred(f):
+                    assert check.match(f), (expr, f)
+
+
+def test_memo_parts_keep_the_order_the_shared_totals_read() -> None:
+    """The unfiltered totals of a sample are shared by its orders and read the order they were
+    first made with; when that order has left the memo, it is still among its parts (a front
+    end freeing what a memo no longer holds must not empty it)."""
+    memo: dict[object, object] = {}
+    first = apply(GROUPABLE, sort="rate", memo=memo)
+    for key in ("src", "dst", "bytes", "id"):
+        apply(GROUPABLE, sort=key, memo=memo)
+    assert ("rate", False) not in memo
+    parts = memo_parts(memo)  # type: ignore[arg-type]
+    assert any(part is first.totals._flows for part in parts)
+    assert apply(GROUPABLE, sort="src", memo=memo).totals.bytes == first.totals.bytes

@@ -118,9 +118,10 @@ class DumpFilter:
             return False
         if self.zone is not None and flow.zone != self.zone:
             return False
-        if self.status is not None:
+        if self.status is not None and flow.status is not None:
+            # (no status at all: the view's status terms decide)
             mask = self.status if self.status_mask is None else self.status_mask
-            if ((flow.status or 0) & mask) != (self.status & mask):
+            if (flow.status & mask) != (self.status & mask):
                 return False
         return True
 

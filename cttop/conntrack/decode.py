@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import weakref
 from collections.abc import Callable
 from typing import Final
 
@@ -281,12 +282,31 @@ class _Shape:
     `FastDecoder`. A message the layout does not fit goes on to `miss(buf, off, end, family,
     k)`: the next shape of its length (k), or the reference decoder."""
 
-    __slots__ = ("cache", "renewed", "run")
+    __slots__ = ("box", "run")
 
     def __init__(self) -> None:
         self.run: _Decode
-        self.cache: dict[bytes, Flow] = {}
-        self.renewed: dict[bytes, Flow] | None = None
+        # [cache, renewed]: what the compiled code reads. It holds neither the shape nor the
+        # decoder, so a dropped decoder is freed at once (no cycle for the collector).
+        self.box: list[dict[bytes, Flow] | None] = [{}, None]
+
+    @property
+    def cache(self) -> dict[bytes, Flow]:
+        cache = self.box[0]
+        assert cache is not None
+        return cache
+
+    @cache.setter
+    def cache(self, cache: dict[bytes, Flow]) -> None:
+        self.box[0] = cache
+
+    @property
+    def renewed(self) -> dict[bytes, Flow] | None:
+        return self.box[1]
+
+    @renewed.setter
+    def renewed(self, renewed: dict[bytes, Flow] | None) -> None:
+        self.box[1] = renewed
 
 
 def _decode_tuples_region_reference(region: bytes) -> tuple[Tuple, Tuple, int]:
@@ -526,9 +546,11 @@ class _ShapeBuilder:
         return "".join(self.fmt)
 
 
-def _compile_shape(buf: bytes, off: int, end: int, miss: _Miss, after: int) -> _Shape | None:
+def _compile_shape(
+    buf: bytes, off: int, end: int, miss: Callable[[], _Miss | None], after: int
+) -> _Shape | None:
     """A shape for messages laid out like buf[off:end]; what it does not fit goes to
-    `miss(..., after)`."""
+    `miss()(..., after)` (`miss` is a weak reference to the decoder's `_miss`)."""
     b = _ShapeBuilder()
     try:
         fmt = b.learn(buf, off, end)
@@ -578,22 +600,22 @@ def _compile_shape(buf: bytes, off: int, end: int, miss: _Miss, after: int) -> _
     src = (
         "def run(buf, off, end, family):\n"
         f"    {parts}\n"
-        "    h = shape.cache.get(fp)\n"
+        "    h = box[0].get(fp)\n"
         "    if h is not None and h[0] == family:\n"
         f"        {', '.join(names)} = h\n"
         f"        flow = new(Flow, ({reused}))\n"
         "    else:\n"
         "        v = unpack(buf, off)\n"
         f"        if ({got}) != want:\n"
-        "            return miss(buf, off, end, family, after)\n"
+        "            return miss()(buf, off, end, family, after)\n"
         "        try:\n"
         f"            t = region(v[{b.region}])\n"
         "        except DecodeError:\n"
-        "            return miss(buf, off, end, family, after)\n"
+        "            return miss()(buf, off, end, family, after)\n"
         f"        flow = new(Flow, ({', '.join(flow_fields)}))\n"
-        "    renewed = shape.renewed\n"
+        "    renewed = box[1]\n"
         "    if renewed is None:\n"
-        "        shape.cache[fp] = flow\n"
+        "        box[0][fp] = flow\n"
         "    else:\n"
         "        renewed[fp] = flow\n"
         "    return flow\n"
@@ -609,7 +631,7 @@ def _compile_shape(buf: bytes, off: int, end: int, miss: _Miss, after: int) -> _
         "DecodeError": DecodeError,
         "_labels": _labels,
         "_cstring": _cstring,
-        "shape": shape,
+        "box": shape.box,
         "miss": miss,
         "after": after,
     }
@@ -691,7 +713,7 @@ class FastDecoder:
         if self.nshapes < _MAX_SHAPES and (shapes is None or len(shapes) < _MAX_SHAPES_PER_LENGTH):
             # On a miss, the new shape hands over to the one after it (none yet: the reference).
             after = 1 + (0 if shapes is None else len(shapes))
-            learned = _compile_shape(buf, off, end, self._miss, after)
+            learned = _compile_shape(buf, off, end, weakref.WeakMethod(self._miss), after)
             if learned is not None:
                 learned.renewed = {} if self._renewing else None
                 self.shapes.setdefault(end - off, []).append(learned)
