@@ -45,6 +45,7 @@ __all__ = [
     "Predicate",
     "SortError",
     "SortKey",
+    "ViewAbandoned",
     "ViewError",
     "ViewResult",
     "ViewTotals",
@@ -73,6 +74,10 @@ class FilterError(ViewError):
 
 class SortError(ViewError):
     """An unknown sort key."""
+
+
+class ViewAbandoned(ViewError):
+    """`apply` gave up because its `stop` said so (what it was computing is no longer wanted)."""
 
 
 class GroupError(ViewError):
@@ -106,21 +111,29 @@ class _ColumnStore:
         self.distinct: dict[Callable[[Flow], Any], set[Any]] = {}
 
 
-_local = threading.local()  # .columns: the _ColumnStore of the computation on this thread
+# The computation running on this thread: .columns, its _ColumnStore; .stop, its `stop`.
+_local = threading.local()
 
 
 @contextlib.contextmanager
-def _columns_of(store: _ColumnStore | None) -> Iterator[None]:
-    before = getattr(_local, "columns", None)
-    _local.columns = store
+def _columns_of(store: _ColumnStore | None, stop: Callable[[], bool] | None) -> Iterator[None]:
+    before = getattr(_local, "columns", None), getattr(_local, "stop", None)
+    _local.columns, _local.stop = store, stop
     try:
         yield
     finally:
-        _local.columns = before
+        _local.columns, _local.stop = before
+
+
+def _check(stop: Callable[[], bool] | None) -> None:
+    if stop is not None and stop():
+        raise ViewAbandoned("the view is no longer wanted")
 
 
 def _column(get: Callable[[Flow], Any], flows: list[Flow]) -> list[Any]:
-    """list(map(get, flows)), from this thread's column store when it holds these flows."""
+    """list(map(get, flows)), from this thread's column store when it holds these flows.
+    A pass over the flows is where a computation no longer wanted stops."""
+    _check(getattr(_local, "stop", None))
     store: _ColumnStore | None = getattr(_local, "columns", None)
     if store is None or store.flows is not flows:
         return list(map(get, flows))
@@ -1244,6 +1257,7 @@ def apply(
     group: str = "none",
     limit: int | None = None,
     memo: dict[Any, Any] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> ViewResult:
     """Filter, then group (optional), then sort, then cut to `limit` rows.
 
@@ -1254,6 +1268,9 @@ def apply(
     `memo`: a dict the caller keeps with `rows` (and only with them) to make the next views
     of the same rows cheaper: the whole table's order per sort is kept there, and a new
     filter only filters it (a stable sort and a filter commute: same rows, same order).
+
+    `stop`: asked between the passes over the flows; when it says True, `ViewAbandoned` is
+    raised (a front end whose operator typed on: the next key's view is the one wanted).
     """
     mode = _group_mode(group)
     _sort_key(sort)
@@ -1264,6 +1281,7 @@ def apply(
     if mode == "none" and memo is not None:
         known = memo.get((sort, reverse))
         if known is None:
+            _check(stop)
             other = memo.get((sort, not reverse))
             ordered = (
                 sort_flows(table, sort, reverse)
@@ -1282,8 +1300,9 @@ def apply(
         ordered, columns, shared = known
         flows, rates = ordered.flows, ordered.rates
         if pred is not None and pred is not _match_all:
-            with _columns_of(columns):
+            with _columns_of(columns, stop):
                 keep = matches(pred, flows)
+            _check(stop)
             flows = list(compress(flows, keep))
             rates = list(compress(rates, keep))
             totals = ViewTotals(flows, rates)
@@ -1296,7 +1315,9 @@ def apply(
         return ViewResult(FlowRows(flows, rates), totals, matched, len(table))
     flows, rates = table.flows, table.rates
     if pred is not None and pred is not _match_all:
-        keep = matches(pred, flows)
+        with _columns_of(None, stop):
+            keep = matches(pred, flows)
+        _check(stop)
         flows = list(compress(flows, keep))
         rates = list(compress(rates, keep))
     totals = ViewTotals(flows, rates)

@@ -676,3 +676,39 @@ def test_memo_parts_keep_the_order_the_shared_totals_read() -> None:
     parts = memo_parts(memo)  # type: ignore[arg-type]
     assert any(part is first.totals._flows for part in parts)
     assert apply(GROUPABLE, sort="src", memo=memo).totals.bytes == first.totals.bytes
+
+
+@pytest.mark.parametrize("expr", ["dport:443", "tcp !unreplied", "10.0", "state:est mark:1"])
+def test_an_abandoned_view_leaves_the_memo_sound(expr: str) -> None:
+    """A view given up part-way (its `stop` says so at its n-th question, for every n it asks)
+    raises ViewAbandoned, and the memo it was filling gives the same views afterwards as no
+    memo at all."""
+    from cttop.view import ViewAbandoned
+
+    asked = [0]
+
+    def counting() -> bool:
+        asked[0] += 1
+        return False
+
+    never = apply(GROUPABLE, filter=expr, sort="bytes", memo={}, stop=counting)
+    assert ids(never.rows) == ids(apply(GROUPABLE, filter=expr, sort="bytes").rows)
+    total = asked[0]
+    assert total >= 2  # before the sort, and after the filter at least
+    for after in range(total):
+        asked[0] = 0
+
+        def stop(after: int = after) -> bool:
+            asked[0] += 1
+            return asked[0] > after
+
+        memo: dict[object, object] = {}
+        with pytest.raises(ViewAbandoned):
+            apply(GROUPABLE, filter=expr, sort="bytes", memo=memo, stop=stop)
+        for sort, reverse in (("bytes", False), ("bytes", True), ("rate", False)):
+            want = apply(GROUPABLE, filter=expr, sort=sort, reverse=reverse)
+            got = apply(GROUPABLE, filter=expr, sort=sort, reverse=reverse, memo=memo)
+            assert ids(got.rows) == ids(want.rows)
+            assert got.totals.bytes == want.totals.bytes
+    with pytest.raises(ViewAbandoned):
+        apply(GROUPABLE, filter=expr, stop=lambda: True)  # no memo: stops as well

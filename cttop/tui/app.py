@@ -44,6 +44,7 @@ from cttop.view import (
     FilterError,
     GroupRow,
     Predicate,
+    ViewAbandoned,
     ViewResult,
     all_of,
     apply,
@@ -364,7 +365,13 @@ class CttopApp(App[int]):
             return
         self.call_from_thread(self._poll_done, shown, self._timer() - started)
 
-    def _compute(self, sample: Sample, settings: ViewSettings, key: Any) -> Shown:
+    def _compute(
+        self,
+        sample: Sample,
+        settings: ViewSettings,
+        key: Any,
+        stop: Callable[[], bool] | None = None,
+    ) -> Shown:
         try:
             pred = settings.predicate()
         except FilterError:
@@ -376,6 +383,7 @@ class CttopApp(App[int]):
             reverse=settings.reverse,
             group=settings.group,
             memo=sample.views,
+            stop=stop,
         )
         return Shown(sample, settings, result, _find(result, key))
 
@@ -437,7 +445,11 @@ class CttopApp(App[int]):
     def _view_worker(self, sample: Sample, settings: ViewSettings, key: Any) -> None:
         shown: Shown | None = None
         try:
-            shown = self._compute(sample, settings, key)
+            # Given up as soon as the settings change again (a filter typed key by key): the
+            # view for the newer settings starts then, instead of after this one.
+            shown = self._compute(sample, settings, key, lambda: self.settings is not settings)
+        except ViewAbandoned:
+            pass
         finally:
             self._view_idle.set()
             self.call_from_thread(self._view_done, shown)
