@@ -451,7 +451,7 @@ class CttopApp(App[int]):
         except ViewAbandoned:
             pass
         finally:
-            self._view_idle.set()
+            # Still "busy" until it is on screen (see _view_done): the poll worker waits.
             self.call_from_thread(self._view_done, shown)
 
     def _free_retired(self) -> None:
@@ -479,16 +479,23 @@ class CttopApp(App[int]):
         self._view_idle.wait(0.5)
 
     def _view_done(self, shown: Shown | None) -> None:
+        if (
+            shown is None  # given up or failed (a failure: the next poll computes it again)
+            or (self.shown is not None and shown.sample.step < self.shown.sample.step)
+            or shown.settings != self.settings  # changed again: the next view is wanted
+        ):
+            self._view_settled()
+            return
+        self._show(shown)
+        # The poll worker stays paused until the screen shows it: drawing it then does not
+        # share the GIL with decoding.
+        self.call_after_refresh(self._view_settled)
+
+    def _view_settled(self) -> None:
+        self._view_idle.set()
         if self._view_again:
             self._view_again = False
             self._reapply()
-        if shown is None:
-            return  # the computation failed: the next poll computes the view again
-        if self.shown is not None and shown.sample.step < self.shown.sample.step:
-            return  # a newer poll already arrived
-        if shown.settings != self.settings:
-            return  # the operator changed something again: a newer worker is on its way
-        self._show(shown)
 
     def _options(self, sample: Sample) -> Options:
         names = self.resolver.name if self.resolver is not None else None
