@@ -130,12 +130,18 @@ def _check(stop: Callable[[], bool] | None) -> None:
         raise ViewAbandoned("the view is no longer wanted")
 
 
+def _store(flows: list[Flow]) -> _ColumnStore | None:
+    """This thread's column store, when it holds the columns of these flows."""
+    store: _ColumnStore | None = getattr(_local, "columns", None)
+    return store if store is not None and store.flows is flows else None
+
+
 def _column(get: Callable[[Flow], Any], flows: list[Flow]) -> list[Any]:
     """list(map(get, flows)), from this thread's column store when it holds these flows.
     A pass over the flows is where a computation no longer wanted stops."""
     _check(getattr(_local, "stop", None))
-    store: _ColumnStore | None = getattr(_local, "columns", None)
-    if store is None or store.flows is not flows:
+    store = _store(flows)
+    if store is None:
         return list(map(get, flows))
     values = store.values.get(get)
     if values is None:
@@ -145,8 +151,8 @@ def _column(get: Callable[[Flow], Any], flows: list[Flow]) -> list[Any]:
 
 def _distinct(get: Callable[[Flow], Any], flows: list[Flow], values: list[Any]) -> set[Any]:
     """set(values), where values is _column(get, flows): from the store too."""
-    store: _ColumnStore | None = getattr(_local, "columns", None)
-    if store is None or store.flows is not flows:
+    store = _store(flows)
+    if store is None:
         return set(values)
     distinct = store.distinct.get(get)
     if distinct is None:
@@ -685,11 +691,23 @@ _KEYWORDS: dict[str, Predicate] = {
     "nat": lambda flow: flow.snat or flow.dnat,
     "snat": lambda flow: flow.snat,
     "dnat": lambda flow: flow.dnat,
-    "assured": lambda flow: flow.assured,
-    "unreplied": lambda flow: flow.unreplied,
-    "offload": lambda flow: flow.offloaded,
-    "offloaded": lambda flow: flow.offloaded,
 }
+
+
+_status = attrgetter("status")
+
+
+def _status_is(bit: int, wanted: bool) -> Predicate:
+    """The status is known and has `bit` set (wanted) or clear (not wanted)."""
+
+    def test(status: int | None) -> bool:
+        return status is not None and bool(status & bit) == wanted
+
+    return _masked(lambda flow: test(flow.status), _by_value(_status, test))
+
+
+# The status keywords are the ones the kernel can apply too (kernel_filter): one table.
+_KEYWORDS.update({word: _status_is(*spec) for word, spec in _STATUS_WORDS.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1207,7 +1225,7 @@ def _the_other_way(ordered: FlowRows, column: _Column) -> FlowRows:
     bounds = list(zip(starts, [*starts[1:], present], strict=True))
     out_flows: list[Flow] = []
     out_rates: list[Rate | None] = []
-    for start, end in reversed(bounds if present else []):
+    for start, end in reversed(bounds):  # (an empty table: one empty run)
         out_flows += flows[start:end]
         out_rates += rates[start:end]
     out_flows += flows[present:]
@@ -1246,6 +1264,20 @@ def totals_of(rows: Iterable[FlowRow]) -> ViewTotals:
     """Sum the rates and counters of flow rows."""
     table = FlowRows.of(rows)
     return ViewTotals(table.flows, table.rates)
+
+
+def _filtered(
+    pred: Predicate,
+    flows: list[Flow],
+    rates: list[Rate | None],
+    columns: _ColumnStore | None,
+    stop: Callable[[], bool] | None,
+) -> tuple[list[Flow], list[Rate | None]]:
+    """The rows `pred` keeps, their order kept; `columns`: the flows' column store, if any."""
+    with _columns_of(columns, stop):
+        keep = matches(pred, flows)
+    _check(stop)
+    return list(compress(flows, keep)), list(compress(rates, keep))
 
 
 def apply(
@@ -1300,11 +1332,7 @@ def apply(
         ordered, columns, shared = known
         flows, rates = ordered.flows, ordered.rates
         if pred is not None and pred is not _match_all:
-            with _columns_of(columns, stop):
-                keep = matches(pred, flows)
-            _check(stop)
-            flows = list(compress(flows, keep))
-            rates = list(compress(rates, keep))
+            flows, rates = _filtered(pred, flows, rates, columns, stop)
             totals = ViewTotals(flows, rates)
         else:
             known_totals: ViewTotals | None = shared.get("totals")
@@ -1315,11 +1343,7 @@ def apply(
         return ViewResult(FlowRows(flows, rates), totals, matched, len(table))
     flows, rates = table.flows, table.rates
     if pred is not None and pred is not _match_all:
-        with _columns_of(None, stop):
-            keep = matches(pred, flows)
-        _check(stop)
-        flows = list(compress(flows, keep))
-        rates = list(compress(rates, keep))
+        flows, rates = _filtered(pred, flows, rates, None, stop)
     totals = ViewTotals(flows, rates)
     if mode == "none":
         return ViewResult(
