@@ -850,6 +850,39 @@ def test_fast_decoder_tells_layouts_of_one_length_apart() -> None:
         assert run(m, 0, len(m), V4) == decode_flow(m, 0, len(m), V4)
 
 
+def test_the_layout_most_of_a_table_has_goes_first_in_its_chain() -> None:
+    """Learned first, a rare layout would make every message of the common one of that length
+    try it first. After a dump, the shapes of one length are ordered by how many flows each
+    decoded, the dump loop's entry is the most used, and every layout still decodes exactly
+    as the reference does, through the entry and on down the chain."""
+    rare = TUPLES4 + be32(c.CTA_STATUS, 8) + be32(c.CTA_MARK, 7)
+
+    def common(mark: int) -> bytes:
+        return TUPLES4 + be32(c.CTA_MARK, mark) + be32(c.CTA_STATUS, 8)
+
+    assert len(rare) == len(common(0))
+    dec = FastDecoder()
+    dec.begin()
+    dec.decode(rare, 0, len(rare), V4)
+    for mark in range(20):
+        dec.decode(common(mark), 0, len(rare), V4)
+    first = dec.entries[len(rare)]
+    assert dec.shapes[len(rare)][0].run is first  # learned first, tried first so far
+    dec.end()
+    shapes = dec.shapes[len(rare)]
+    # (The first message of each layout was decoded by the reference, which learned it.)
+    assert [len(s.cache) for s in shapes] == [19, 0]
+    assert [s.after for s in shapes] == [1, 2]
+    assert dec.entries[len(rare)] is shapes[0].run is not first
+    for _ in range(2):
+        dec.begin()
+        for m in (rare, common(3), common(99)):
+            run = dec.entries.get(len(m), dec.fallback)
+            assert run(m, 0, len(m), V4) == decode_flow(m, 0, len(m), V4)
+        dec.end()
+    assert dec.nshapes == 2
+
+
 def test_a_dropped_decoder_is_freed_without_the_collector() -> None:
     """The compiled shapes do not hold their decoder: a decoder dropped (a replaced client, a
     replay that starts over) is freed with its caches at once, not at the next full collection

@@ -11,7 +11,7 @@ import socket
 import struct
 import weakref
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from cttop.conntrack import const as c
 from cttop.conntrack.model import Flow, Tuple
@@ -278,35 +278,45 @@ _Miss = Callable[[bytes, int, int, int, int], Flow]
 
 class _Shape:
     """One compiled layout: `run(buf, off, end, family)` -> Flow, and its cache of the flows it
-    decoded by fingerprint (the message's bytes but the timeout's value), renewed by
+    decoded by fingerprint (a hash of the message's bytes but the timeout's value), renewed by
     `FastDecoder`. A message the layout does not fit goes on to `miss(buf, off, end, family,
-    k)`: the next shape of its length (k), or the reference decoder."""
+    after)`: the shape after this one in its length's chain, or the reference decoder."""
 
     __slots__ = ("box", "run")
 
-    def __init__(self) -> None:
+    def __init__(self, after: int) -> None:
         self.run: _Decode
-        # [cache, renewed]: what the compiled code reads. It holds neither the shape nor the
-        # decoder, so a dropped decoder is freed at once (no cycle for the collector).
-        self.box: list[dict[bytes, Flow] | None] = [{}, None]
+        # [cache, renewed, after]: what the compiled code reads. It holds neither the shape nor
+        # the decoder, so a dropped decoder is freed at once (no cycle for the collector).
+        self.box: list[Any] = [{}, None, after]
 
     @property
-    def cache(self) -> dict[bytes, Flow]:
-        cache = self.box[0]
-        assert cache is not None
+    def cache(self) -> dict[int, Flow]:
+        cache: dict[int, Flow] = self.box[0]
         return cache
 
     @cache.setter
-    def cache(self, cache: dict[bytes, Flow]) -> None:
+    def cache(self, cache: dict[int, Flow]) -> None:
         self.box[0] = cache
 
     @property
-    def renewed(self) -> dict[bytes, Flow] | None:
-        return self.box[1]
+    def renewed(self) -> dict[int, Flow] | None:
+        renewed: dict[int, Flow] | None = self.box[1]
+        return renewed
 
     @renewed.setter
-    def renewed(self, renewed: dict[bytes, Flow] | None) -> None:
+    def renewed(self, renewed: dict[int, Flow] | None) -> None:
         self.box[1] = renewed
+
+    @property
+    def after(self) -> int:
+        """The place in its length's chain of the shape a miss goes on to (its own + 1)."""
+        after: int = self.box[2]
+        return after
+
+    @after.setter
+    def after(self, after: int) -> None:
+        self.box[2] = after
 
 
 def _decode_tuples_region_reference(region: bytes) -> tuple[Tuple, Tuple, int]:
@@ -550,7 +560,7 @@ def _compile_shape(
     buf: bytes, off: int, end: int, miss: Callable[[], _Miss | None], after: int
 ) -> _Shape | None:
     """A shape for messages laid out like buf[off:end]; what it does not fit goes to
-    `miss()(..., after)` (`miss` is a weak reference to the decoder's `_miss`)."""
+    `miss()(..., shape.after)` (`miss` is a weak reference to the decoder's `_miss`)."""
     b = _ShapeBuilder()
     try:
         fmt = b.learn(buf, off, end)
@@ -588,11 +598,14 @@ def _compile_shape(
     want = tuple(w for _, w in b.headers)
     size = end - off
     to = b.timeout_at
+    # The fingerprint is the 64-bit hash of the bytes, not the bytes: at 250k flows that keeps
+    # ~60 MB of keys out of the caches. Two messages of one layout with the same hash would
+    # share a decode; with Python's keyed SipHash that is a 2**-64 chance per pair.
     if to is None:  # no timeout (an offloaded entry): the whole message is the fingerprint
-        split, parts, timeout = struct.Struct(f">{size}s"), "(fp,) = split(buf, off)", "f7"
+        split, parts, timeout = struct.Struct(f">{size}s"), "fp = hash(split(buf, off)[0])", "f7"
     else:
         split = struct.Struct(f">{to}sI{size - to - 4}s")
-        parts, timeout = "pre, tmo, post = split(buf, off)\n    fp = pre + post", "tmo"
+        parts, timeout = "pre, tmo, post = split(buf, off)\n    fp = hash(pre + post)", "tmo"
     # A known message but for its timeout: the cached flow's fields, unpacked at once (faster
     # than twenty subscripts), with the new timeout.
     names = [f"f{i}" for i in range(len(Flow._fields))]
@@ -607,11 +620,11 @@ def _compile_shape(
         "    else:\n"
         "        v = unpack(buf, off)\n"
         f"        if ({got}) != want:\n"
-        "            return miss()(buf, off, end, family, after)\n"
+        "            return miss()(buf, off, end, family, box[2])\n"
         "        try:\n"
         f"            t = region(v[{b.region}])\n"
         "        except DecodeError:\n"
-        "            return miss()(buf, off, end, family, after)\n"
+        "            return miss()(buf, off, end, family, box[2])\n"
         f"        flow = new(Flow, ({', '.join(flow_fields)}))\n"
         "    renewed = box[1]\n"
         "    if renewed is None:\n"
@@ -620,7 +633,7 @@ def _compile_shape(
         "        renewed[fp] = flow\n"
         "    return flow\n"
     )
-    shape = _Shape()
+    shape = _Shape(after)
     env: dict[str, object] = {
         "unpack": unpacker.unpack_from,
         "split": split.unpack_from,
@@ -633,7 +646,6 @@ def _compile_shape(
         "_cstring": _cstring,
         "box": shape.box,
         "miss": miss,
-        "after": after,
     }
     # Generated from our own struct layout above; no outside text reaches it.
     exec(src, env)
@@ -646,8 +658,8 @@ class FastDecoder:
 
     Most entries of a big table do not change between two polls but for the seconds left
     (CTA_TIMEOUT): each shape keeps the flows it decoded by the message's bytes without that
-    value, and such a message costs one short struct call, one dict lookup and a new Flow with
-    the new timeout. Only messages never seen (new flows, moved counters, a state change)
+    value, and such a message costs one short struct call, a hash, one dict lookup and a new
+    Flow with the new timeout. Only messages never seen (new flows, moved counters, a state change)
     are decoded. The cache must not outlive the table: flows that are gone leave entries
     behind only until it is renewed, which a dump does every `_RENEW_EVERY` dumps, or sooner
     when the cache has doubled since the last renewal; its size follows the table's, and most
@@ -690,6 +702,14 @@ class FastDecoder:
         if self._renewing:
             self._kept = self.cached
         self._renewing = False
+        # Where layouts share a length, the one that decodes most of the table goes first:
+        # every message a shape does not fit pays for its try before going on down the chain.
+        for length, shapes in self.shapes.items():
+            if len(shapes) > 1:
+                shapes.sort(key=lambda shape: len(shape.cache), reverse=True)
+                for i, shape in enumerate(shapes):
+                    shape.after = i + 1
+                self.entries[length] = shapes[0].run
 
     def decode(self, buf: bytes, off: int, end: int, family: int) -> Flow:
         """Same result as `decode_flow(buf, off, end, family)`, usually much faster.

@@ -491,7 +491,9 @@ def profile_worker(n: int, interval: float) -> dict[str, Any]:
         )
         / nflows,
         "decoder fingerprint caches (dicts), per entry": sum(map(sys.getsizeof, caches)) / nflows,
-        "decoder fingerprint (bytes)": _mean_size([fp for cache in caches for fp in cache][:1000]),
+        "decoder fingerprint (hash int)": _mean_size(
+            [fp for cache in caches for fp in cache][:1000]
+        ),
     }
     out["sizes_bytes"] = sizes
     del keep, flows, sample_flow
