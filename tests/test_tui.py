@@ -953,3 +953,19 @@ async def test_keymap_remaps_by_id() -> None:
         await pilot.press("x")
         await pilot.pause()
     assert app.return_code == 0
+
+
+async def test_keys_and_clicks_put_off_the_full_collection() -> None:
+    """The heap policy's full collection (half a second at 250k flows) waits while the
+    operator presses keys or clicks: the app tells it when input last came."""
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert app.heap.quiet is not None
+        app._last_input = time.monotonic() - app_module.QUIET_AFTER - 1
+        assert app.heap.quiet()
+        await press(pilot, "j")
+        assert not app.heap.quiet()
+        app._last_input = time.monotonic() - app_module.QUIET_AFTER - 1
+        await pilot.mouse_down("#flows")
+        assert not app.heap.quiet()

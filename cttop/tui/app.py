@@ -20,7 +20,7 @@ from functools import partial
 from operator import attrgetter
 from typing import Any, ClassVar, Protocol
 
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
@@ -64,6 +64,9 @@ class Source(Protocol):
 
 INTERVALS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+# Seconds without input after which the operator is taken not to be watching a key's effect.
+QUIET_AFTER = 5.0
+_INPUT = (events.Key, events.MouseDown, events.MouseScrollDown, events.MouseScrollUp)
 PROTO_CYCLE: tuple[str | None, ...] = (None, "tcp", "udp", "icmp", "other")
 STATE_CYCLE: tuple[str | None, ...] = (None, *(s for s in TCP_STATES if s != "NONE"), "NONE")
 GROUP_CYCLE = tuple(GROUP_KEYS)
@@ -263,7 +266,10 @@ class CttopApp(App[int]):
         self.label = label or f"{socket.gethostname()} · kernel {os.uname().release}"
         self.read_only = read_only
         self.sampler = Sampler()
-        self.heap = HeapPolicy()
+        # The occasional full collection (half a second at 250k flows) waits until the
+        # operator has not pressed a key or clicked for a few seconds.
+        self._last_input = float("-inf")
+        self.heap = HeapPolicy(quiet=self._quiet)
         self._retired: list[Shown] = []  # samples off screen, left for a worker to free
         # Clear while a key's view is computed: the poll worker waits between datagrams (and
         # before its own view) so that the key's result comes first (see _poll_worker).
@@ -659,6 +665,15 @@ class CttopApp(App[int]):
             if not event.input.has_class("bad-filter"):
                 event.input.display = False
             self.query_one(FlowTable).focus()
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, _INPUT):
+            self._last_input = time.monotonic()
+        await super().on_event(event)
+
+    def _quiet(self) -> bool:
+        """No key, click or scroll for a while (read by the poll worker: one float)."""
+        return time.monotonic() - self._last_input > QUIET_AFTER
 
     def on_key(self, event: Any) -> None:
         bar = self.query_one("#filter-bar", Input)
