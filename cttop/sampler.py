@@ -380,7 +380,8 @@ class Sampler:
         self._prev_time: float | None = None
         # key -> (last Flow seen, monotonic time of that snapshot, first step it was missing)
         self._vanished: dict[FlowKey, tuple[Flow, float, int]] = {}
-        # key -> first step of the flow's known history (its first sight, or when metering began)
+        # key -> first step of the flow's known history (its first sight, or when metering
+        # began), while that is recent (see `_sweep`)
         self._since: dict[FlowKey, int] = {}
         self._rings: dict[FlowKey, array[float]] = {}
         self._ring_template = _new_ring(self.history_length, 0)
@@ -435,8 +436,10 @@ class Sampler:
         restarted = fed.restarted
         no_counters = fed.no_counters
         sum_ob = sum_rb = sum_op = sum_rp = 0.0
-        for key in fed.new:
-            since[key] = step
+        if not first:
+            # (The first snapshot's flows need no entry: see `history`.)
+            for key in fed.new:
+                since[key] = step
         for key in fed.metering:
             # Counters appeared on a flow that had none: metering (and history) start now.
             since[key] = step
@@ -496,7 +499,7 @@ class Sampler:
                 self._forget(key)
 
         if step % n_hist == 0:
-            self._sweep_rings(step)
+            self._sweep(step)
 
         by_proto: dict[str, int] = {}
         by_tcp_state: dict[str | None, int] = {}
@@ -573,12 +576,18 @@ class Sampler:
         self._since.pop(key, None)
         self._rings.pop(key, None)
 
-    def _sweep_rings(self, step: int) -> None:
+    def _sweep(self, step: int) -> None:
         # A ring last written a whole window ago holds nothing in the window any more.
         horizon = step - self.history_length
         stale = [key for key, ring in self._rings.items() if ring[_LAST] <= horizon]
         for key in stale:
             del self._rings[key]
+        # A flow's first step matters to `history` only while it is in the window of any flow
+        # still known (vanished ones are forgotten keep_vanished steps on): older ones are
+        # dropped, and a known flow without one has been known longer than the window. A big
+        # quiet table would otherwise keep a key and an entry per flow here for nothing.
+        horizon -= self.keep_vanished + 1
+        self._since = {key: first for key, first in self._since.items() if first > horizon}
 
     # -- history --------------------------------------------------------------------------------
 
@@ -588,9 +597,6 @@ class Sampler:
         None where it had no rate (first sight, counters reset, accounting off) or was missing
         from the dump; [] for a flow this sampler does not know (or has forgotten).
         """
-        since = self._since.get(key)
-        if since is None:
-            return []
         flow = self._prev_flows.get(key)
         if flow is not None:
             last = self._step
@@ -599,6 +605,11 @@ class Sampler:
             if gone is None:
                 return []
             flow, last = gone[0], gone[2] - 1
+        since = self._since.get(key)
+        if since is None:
+            # Seen first in the first snapshot (none are stored), or longer ago than the
+            # window (see `_sweep`): whichever is later.
+            since = max(1, last - self.history_length)
         start = max(since, last - self.history_length + 1)
         if not _metered(flow):
             return [None] * (last - start + 1)

@@ -102,13 +102,13 @@ def flow_rows(draw: st.DrawFn, max_size: int = 30) -> FlowRows:
 
 
 @st.composite
-def snapshot_sequences(draw: st.DrawFn) -> list[Snapshot]:
+def snapshot_sequences(draw: st.DrawFn, max_polls: int = 6) -> list[Snapshot]:
     """Successive polls of a small table: flows come and go, counters stay, go up, or go
     anywhere (a reset), and the time between polls varies (sometimes zero or backwards)."""
     pool = {f.key: f for f in draw(st.lists(flows(), min_size=1, max_size=12))}
     t = 0.0
     out = []
-    for _ in range(draw(st.integers(1, 6))):
+    for _ in range(draw(st.integers(1, max_polls))):
         table: dict[FlowKey, Flow] = {}
         for key, f in pool.items():
             c = _counters(f)
@@ -189,6 +189,46 @@ def test_rates_are_never_negative_and_totals_are_the_sum_of_rows(snapshots):
             assert all(v is None or v >= 0 for v in history)
         seen.update(snap.flows)
         prev = snap
+
+
+class _KeepsEveryFirstStep(Sampler):
+    """The sampler as it was when it stored the first step of every flow: of the first
+    snapshot's too, and never dropped by `_sweep`."""
+
+    def step(self, snapshot: Snapshot, fed: Any = None) -> Any:
+        sample = super().step(snapshot, fed)
+        if sample.step == 1:
+            for key in snapshot.flows:
+                self._since.setdefault(key, 1)
+        return sample
+
+    def _sweep(self, step: int) -> None:
+        since = self._since
+        super()._sweep(step)
+        self._since = since
+
+
+@settings(max_examples=150)
+@given(
+    snapshot_sequences(max_polls=24),
+    st.integers(1, 4),
+    st.integers(0, 3),
+    st.sampled_from([0, 1, 100]),
+)
+def test_dropping_old_first_steps_changes_no_history(snapshots, history, keep, budget):
+    """The first snapshot's flows get no first step stored, and the sweep forgets when
+    long-known flows were first seen (a key and an entry per flow of a quiet table otherwise):
+    every history stays what it was with them all kept."""
+    sampler = Sampler(history=history, keep_vanished=keep, max_flow_histories=budget)
+    reference = _KeepsEveryFirstStep(history=history, keep_vanished=keep, max_flow_histories=budget)
+    seen: set[FlowKey] = set()
+    for snap in snapshots:
+        sampler.step(snap)
+        reference.step(snap)
+        seen.update(snap.flows)
+        for key in seen:
+            assert sampler.history(key) == reference.history(key)
+    assert len(sampler._since) <= len(reference._since)
 
 
 # --- filter -----------------------------------------------------------------------------------

@@ -305,6 +305,21 @@ def test_bad_arguments(history, keep, budget):
 # --- history ----------------------------------------------------------------------------------
 
 
+def test_a_quiet_table_holds_no_per_flow_history_state():
+    """Idle flows need no ring, and a first step only while it is inside the window: a big
+    quiet table costs the sampler nothing per flow but the previous snapshot."""
+    sampler = Sampler(history=5, keep_vanished=1)
+    old = [flow(id=i) for i in range(100)]
+    sampler.step(snapshot(0.0, *old))
+    assert not sampler._since and not sampler._rings
+    late = flow(id=1000)
+    for t in range(1, 20):
+        sampler.step(snapshot(float(t), *old, late))
+        assert len(sampler._since) <= 1
+    assert not sampler._since  # long known by now: dropped by the sweep
+    assert sampler.history(old[0].key) == sampler.history(late.key) == [0.0] * 5
+
+
 def test_history_of_a_flow():
     sampler = Sampler(history=60)
     steps = [
