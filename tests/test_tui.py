@@ -717,9 +717,13 @@ async def test_shift_d_right_after_a_filter_key_deletes_only_the_matching_flows(
         monkeypatch.setattr(app_module, "apply", slow_apply)
         await pilot.press("u", "D")  # a fast typist: D before the udp view is on screen
         await pilot.pause()
-        if isinstance(app.screen, ConfirmScreen):
-            await pilot.press("y")
+        # The dialog waits for the view, computed off the UI thread (free meanwhile).
+        assert not isinstance(app.screen, ConfirmScreen)
         await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await settle(pilot)
+        assert source.deleted
         assert all(f.protonum == IPPROTO_UDP for f in source.deleted), (
             f"deleted {len(source.deleted)} flows, "
             f"{sum(f.protonum != IPPROTO_UDP for f in source.deleted)} of them not udp"

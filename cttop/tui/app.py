@@ -835,14 +835,26 @@ class CttopApp(App[int]):
             self.notify("leave the grouped view to delete flows", severity="warning")
             return
         # The flows the dialog names must be the ones deleted: take them from the current
-        # settings, not from a view on screen that a worker may be about to replace.
+        # settings, not from a view on screen that a worker may be about to replace. That
+        # view is computed off the UI thread (up to a few hundred ms at 250k flows).
         shown = self.shown
         if shown.settings != self.settings:
-            shown = self._compute(shown.sample, self.settings, None)
+            self._matching_worker(shown.sample, self.settings, delete)
+        else:
+            self._confirm_delete_matching(shown, delete)
+
+    @work(thread=True, group="delete", exit_on_error=False)
+    def _matching_worker(
+        self, sample: Sample, settings: ViewSettings, delete: Callable[[Flow], bool]
+    ) -> None:
+        shown = self._compute(sample, settings, None)
+        self.call_from_thread(self._confirm_delete_matching, shown, delete)
+
+    def _confirm_delete_matching(self, shown: Shown, delete: Callable[[Flow], bool]) -> None:
         rows = shown.result.rows
         assert isinstance(rows, FlowRows)
         flows = list(rows.flows)
-        what = self.settings.describe()
+        what = shown.settings.describe()
         if what:
             question = f"Delete all {len(flows):,} flows matching “{what}”?"
         else:
