@@ -255,7 +255,9 @@ class StepFeed:
         """Start over (the dump is taken again)."""
         # Each flow found is popped from a copy of the previous table, so what is left at the
         # end is what vanished: no second pass over 250k keys (a set difference re-hashes them).
-        self.gone = self._prev.copy()
+        # Copied when the first flows arrive, not before the dump is asked for: the kernel is
+        # dumping by then (5 ms at 250k off the poll's time).
+        self.gone: dict[FlowKey, Flow] | None = None
         self.rates: list[Rate | None] = []
         self.new: list[FlowKey] = []
         self.metering: list[FlowKey] = []
@@ -278,8 +280,11 @@ class StepFeed:
         and diff them. Building the dict here saves a second pass over every flow."""
         if self.pause is not None:
             self.pause()
-        put = flows.setdefault
-        take = self.gone.pop
+        before = len(flows)
+        gone = self.gone
+        if gone is None:
+            gone = self.gone = self._prev.copy()
+        take = gone.pop
         vanished = self._vanished
         rates = self.rates
         append = rates.append
@@ -288,10 +293,7 @@ class StepFeed:
         oldest = self._step + 1 - self._keep
         for f in batch:
             key = (f.zone, f.orig, f.id)
-            if put(key, f) is not f:
-                flows[key] = f
-                self.dirty = True
-                continue
+            flows[key] = f
             p = take(key, None)
             if p is None:
                 back = vanished.get(key) if vanished else None
@@ -327,6 +329,10 @@ class StepFeed:
             append(None)
         if idle:
             self.idle = True
+        if len(flows) - before != len(batch):
+            # A key came again (the kernel's dump is not a snapshot): the later copy is in
+            # `flows`, and this batch's diff is wrong for it; the step redoes the whole diff.
+            self.dirty = True
         self.listed += batch
         self.pairs.update(map(_proto_and_state, batch))
         self.count = len(flows)
@@ -488,7 +494,7 @@ class Sampler:
             ring[2 + step % n_hist] = value
             ring[_LAST] = step
 
-        gone = fed.gone
+        gone = fed.gone if fed.gone is not None else fed._prev  # no flows at all: all gone
         vanished = len(gone)
         if self.keep_vanished:
             seen_at = now if prev_time is None else prev_time

@@ -191,6 +191,34 @@ def test_rates_are_never_negative_and_totals_are_the_sum_of_rows(snapshots):
         prev = snap
 
 
+@settings(max_examples=150)
+@given(snapshot_sequences(max_polls=10), st.data())
+def test_a_fed_step_is_the_plain_step(snapshots, data):
+    """The sampler fed the dump's flows batch by batch while they arrive (the live path) makes
+    exactly the samples it makes from the whole snapshot: rows, rates, totals and histories.
+    Batches of any size, none at all for an empty dump, and a flow sent twice in one dump."""
+    plain = Sampler(history=4, keep_vanished=1)
+    fed_sampler = Sampler(history=4, keep_vanished=1)
+    for snap in snapshots:
+        want = plain.step(snap)
+        dumped = list(snap.flows.values())
+        if dumped and data.draw(st.booleans()):
+            dumped.insert(data.draw(st.integers(0, len(dumped))), dumped[0])  # sent twice
+        fed = fed_sampler.feed()
+        flows: dict[FlowKey, Flow] = {}
+        at = 0
+        while at < len(dumped):
+            size = data.draw(st.integers(1, 5))
+            fed.add(flows, dumped[at : at + size])
+            at += size
+        got = fed_sampler.step(snap._replace(flows=flows), fed)
+        assert list(flows) == list(snap.flows)
+        assert got.rows == want.rows
+        assert got.totals == want.totals
+        for key in snap.flows:
+            assert fed_sampler.history(key) == plain.history(key)
+
+
 class _KeepsEveryFirstStep(Sampler):
     """The sampler as it was when it stored the first step of every flow: of the first
     snapshot's too, and never dropped by `_sweep`."""
