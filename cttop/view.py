@@ -11,6 +11,7 @@ import functools
 import math
 import socket
 import threading
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from itertools import compress, repeat
 from operator import and_, attrgetter, is_, is_not, itemgetter, ne, not_, or_
@@ -893,6 +894,18 @@ _FLOW_COLUMNS: dict[str, _Column] = {
 }
 
 
+def _rate_total(rate: Rate) -> float:
+    return rate[0] + rate[1]
+
+
+# The rate columns, by the value each reads of a (present) Rate.
+_RATE_VALUES: dict[_Column, Callable[[Rate], float]] = {
+    _c_rate: _rate_total,
+    _c_orig_rate: itemgetter(0),
+    _c_reply_rate: itemgetter(1),
+}
+
+
 def sort_flows(
     rows: Iterable[FlowRow], sort: str = "rate", reverse: bool = False, limit: int | None = None
 ) -> FlowRows:
@@ -1212,16 +1225,48 @@ class ViewTotals:
         return f"<ViewTotals flows={self.flows} rate={self.rate} no_rate={self.no_rate}>"
 
 
+def _run_starts(values: list[Any], base: int) -> list[int]:
+    """base + the index of each run of equal values in `values` (at C speed)."""
+    if not values:
+        return []
+    return [base, *compress(range(base + 1, base + len(values)), map(ne, values[1:], values[:-1]))]
+
+
+def _rate_run_starts(
+    rates: list[Rate | None], present: int, value: Callable[[Rate], float]
+) -> list[int]:
+    """Run starts of rates[:present] (Rates, sorted by `value` one way or the other): the
+    values are read only outside the run of zeros, which a big table's idle flows make most
+    of the table, and whose ends two binary searches find."""
+    head: list[Rate] = rates[:present]  # type: ignore[assignment]
+    if not head:
+        return [0]
+    if value(head[0]) > value(head[-1]):  # descending: the zeros last
+        zeros = bisect_left(head, 0.0, key=lambda r: -value(r)), present
+    else:  # ascending (or all equal): the zeros first
+        zeros = 0, bisect_right(head, 0.0, key=value)
+    lo, hi = zeros
+    starts = _run_starts(list(map(value, head[:lo])), 0)
+    if lo < hi:
+        starts.append(lo)
+    starts += _run_starts(list(map(value, head[hi:])), hi)
+    return starts
+
+
 def _the_other_way(ordered: FlowRows, column: _Column) -> FlowRows:
     """Rows stably sorted by `column` one way, stably sorted the other way: the runs of equal
     values in reverse order, each run as it was (in a stable sort, in the input's order), the
     rows without a value still last. Far cheaper than sorting again when runs are long (a big
     table's idle flows all rate 0)."""
     flows, rates = ordered.flows, ordered.rates
-    values = column(flows, rates)
-    present = len(values) - values.count(None)
-    # Where a run starts: each index whose value differs from the one before (at C speed).
-    starts = [0, *compress(range(1, present), map(ne, values[1:present], values[: present - 1]))]
+    value = _RATE_VALUES.get(column)
+    if value is not None:
+        present = bisect_left(rates, True, key=_is_none)  # the rows without a rate are last
+        starts = _rate_run_starts(rates, present, value)
+    else:
+        values = column(flows, rates)
+        present = len(values) - values.count(None)
+        starts = _run_starts(values[:present], 0) or [0]
     bounds = list(zip(starts, [*starts[1:], present], strict=True))
     out_flows: list[Flow] = []
     out_rates: list[Rate | None] = []
@@ -1231,6 +1276,10 @@ def _the_other_way(ordered: FlowRows, column: _Column) -> FlowRows:
     out_flows += flows[present:]
     out_rates += rates[present:]
     return FlowRows(out_flows, out_rates)
+
+
+def _is_none(value: object) -> bool:
+    return value is None
 
 
 # Whole-table orders a memo keeps (4 MB each at 250k flows): the current sort both ways and one

@@ -90,6 +90,8 @@ rates = st.one_of(
     st.none(),
     st.just(ZERO_RATE),
     st.builds(Rate, *[st.floats(0, 1e9, allow_nan=False)] * 4),
+    # Equal totals, other parts (ties within a run), and a zero rate that is not ZERO_RATE.
+    st.sampled_from([Rate(1.0, 2.0, 3.0, 4.0), Rate(2.0, 1.0, 0.0, 0.0), Rate(0.0, 0.0, 1.0, 0.0)]),
 )
 
 

@@ -973,3 +973,23 @@ async def test_keys_and_clicks_put_off_the_full_collection() -> None:
         app._last_input = time.monotonic() - app_module.QUIET_AFTER - 1
         await pilot.mouse_down("#flows")
         assert not app.heap.quiet()
+
+
+def test_the_selection_is_found_by_its_whole_key() -> None:
+    """The row of the selected flow in a new view: by id first (lazily, stopping at the first
+    whole match), then zone and original tuple, since ids are 32-bit hashes that repeat."""
+    from cttop.tui.app import _find
+
+    snap = demo_snapshots()[1]
+    base = list(snap.flows.values())[:50]
+    twin = base[7]._replace(orig=base[3].orig._replace(sport=1), id=base[3].id)  # id repeats
+    unnamed = base[9]._replace(id=None)
+    fs = [*base[:20], twin, *base[20:], unnamed]
+    rows = apply(FlowRows(fs, [None] * len(fs)), sort="src").rows
+    assert isinstance(rows, FlowRows)
+    for i, f in enumerate(rows.flows):
+        assert _find(apply(rows, sort="src"), f.key) == rows.flows.index(f) == i
+    unknown_id = max(f.id or 0 for f in fs) + 1
+    assert _find(apply(rows, sort="src"), (twin.zone, twin.orig, unknown_id)) is None
+    assert _find(apply(rows, sort="src"), None) is None
+    assert _find(apply(rows, sort="src", group="src"), base[0].key) is None
