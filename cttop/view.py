@@ -108,7 +108,8 @@ class _ColumnStore:
 
     def __init__(self, flows: list[Flow]) -> None:
         self.flows = flows
-        self.values: dict[Callable[[Flow], Any], list[Any]] = {}
+        # By the getter over each flow (or a function of the flows, for derived columns).
+        self.values: dict[Callable[..., Any], list[Any]] = {}
         self.distinct: dict[Callable[[Flow], Any], set[Any]] = {}
 
 
@@ -167,6 +168,10 @@ def _by_value(get: Callable[[Flow], Any], test: Callable[[Any], bool]) -> _Mask:
     def mask(flows: list[Flow]) -> list[bool]:
         values = _column(get, flows)
         verdict = {v: bool(test(v)) for v in _distinct(get, flows, values)}
+        passing = sum(verdict.values())
+        if passing == 0 or passing == len(verdict):
+            # One answer for every flow (a filter half typed matches nothing, mostly).
+            return [passing != 0] * len(values)
         return list(map(verdict.__getitem__, values))
 
     return mask
@@ -176,7 +181,11 @@ def _any_of(masks: list[_Mask]) -> _Mask:
     def mask(flows: list[Flow]) -> list[bool]:
         out = masks[0](flows)
         for m in masks[1:]:
-            out = list(map(or_, out, m(flows)))
+            if all(out):
+                break
+            more = m(flows)
+            if any(more):  # a pass that would change nothing is skipped (C-speed checks)
+                out = list(map(or_, out, more))
         return out
 
     return mask
@@ -593,13 +602,22 @@ def _port_mask(test: Callable[[int | None], bool], gets: tuple[Any, ...]) -> _Ma
     any_port = _any_of([_by_value(get, test) for get in gets])
 
     def mask(flows: list[Flow]) -> list[bool]:
-        return list(map(and_, _has_ports(flows), any_port(flows)))
+        ports = any_port(flows)
+        if not any(ports):
+            return ports
+        return list(map(and_, _has_ports(flows), ports))
 
     return mask
 
 
 def _has_ports(flows: list[Flow]) -> list[bool]:
-    return list(map(_PORT_PROTOS.__contains__, _column(_protonum, flows)))
+    store = _store(flows)
+    known = store.values.get(_has_ports) if store is not None else None
+    if known is None:
+        known = list(map(_PORT_PROTOS.__contains__, _column(_protonum, flows)))
+        if store is not None:
+            store.values[_has_ports] = known
+    return known
 
 
 def _sport_term(token: str, value: str) -> Predicate:
