@@ -906,3 +906,38 @@ def test_a_dropped_decoder_is_freed_without_the_collector() -> None:
     finally:
         if was:
             gc.enable()
+
+
+def test_flows_share_their_ports_status_and_mark_objects() -> None:
+    """Ints over 256 are a new object each time struct unpacks them (28 bytes each, four ports
+    a flow): the compiled decoders share one object per value, and the table that does it
+    stays bounded."""
+    from cttop.conntrack import decode as decode_module
+
+    def msg(sport: int) -> bytes:
+        return encode_flow_message(
+            family=V4,
+            protonum=6,
+            orig=Tuple("10.0.0.1", "10.0.0.2", sport, 8443),
+            reply=Tuple("10.0.0.2", "10.0.0.1", 8443, sport),
+            status=0x18E,
+            mark=70000,
+            id=sport,
+            timeout=100,
+        )
+
+    dec = FastDecoder()
+    dec.begin()
+    got = [dec.decode(m, 20, len(m), V4) for m in map(msg, range(40000, 40010))]
+    dec.end()
+    for f, m in zip(got, map(msg, range(40000, 40010)), strict=True):
+        assert f == decode_message(m, 0, len(m))
+    # The reference decoder (the first message, the first of its tuple layout) shares too.
+    assert len({id(f.orig.dport) for f in got} | {id(f.reply.sport) for f in got}) == 1
+    assert len({id(f.status) for f in got}) == len({id(f.mark) for f in got}) == 1
+    assert all(f.orig.sport is f.reply.dport for f in got)
+
+    decode_module._INTS.update((i, i) for i in range(decode_module._INTS_MAX + 1))
+    dec.begin()
+    assert not decode_module._INTS  # over its bound: emptied before the next dump
+    dec.end()

@@ -45,6 +45,13 @@ _ADDR_CACHE: dict[bytes, str] = {}
 _ADDR_CACHE_MAX: Final = 1 << 18
 
 
+# Ports, status words and marks repeat across flows too, and CPython makes a new object for
+# each int over 256 it unpacks: 28 bytes for every port of every flow (four per flow) unless
+# the compiled decoders share them through this table (`_INTS.setdefault(v, v)`).
+_INTS: dict[int, int] = {}
+_INTS_MAX: Final = 1 << 17
+
+
 def _addr_text(raw: bytes) -> str:
     text = _ADDR_CACHE.get(raw)
     if text is None:
@@ -136,7 +143,8 @@ def decode_tuple(buf: bytes, off: int, end: int) -> tuple[Tuple, int | None]:
                         raise DecodeError("address attribute marked nested")
                     values[name] = _addr(buf, ls, le, size)
                 else:
-                    values[name] = _uint(buf, ls, le, ln, size, name)
+                    value = _uint(buf, ls, le, ln, size, name)
+                    values[name] = _INTS.setdefault(value, value)
     fields = [values.get(name) for name in _TUPLE_FIELDS]
     proto = values.get("proto")
     return Tuple(*fields), proto  # type: ignore[arg-type,return-value]
@@ -188,10 +196,12 @@ def decode_flow(buf: bytes, off: int, end: int, family: int) -> Flow:
             rp, rb = _counters(buf, s, e)
         elif t == c.CTA_STATUS:
             status = _u32(buf, s, e, nested, "CTA_STATUS")
+            status = _INTS.setdefault(status, status)
         elif t == c.CTA_TIMEOUT:
             timeout = _u32(buf, s, e, nested, "CTA_TIMEOUT")
         elif t == c.CTA_MARK:
             mark = _u32(buf, s, e, nested, "CTA_MARK")
+            mark = _INTS.setdefault(mark, mark)
         elif t == c.CTA_ID:
             flow_id = _u32(buf, s, e, nested, "CTA_ID")
         elif t == c.CTA_USE:
@@ -346,7 +356,7 @@ def _compile_region(region: bytes) -> object | None:
                 b._pad_to(cs - 4)
                 b._header(region, cs - 4)
                 if ct == c.CTA_TUPLE_ZONE:
-                    fields[d]["zone"] = f"v[{b._value(region, cs, ce, cn, 'H', 2)}]"
+                    fields[d]["zone"] = _shared(f"v[{b._value(region, cs, ce, cn, 'H', 2)}]")
                 elif ct in (c.CTA_TUPLE_IP, c.CTA_TUPLE_PROTO):
                     for lt, ls, le, ln in _walk(region, cs, ce):
                         b._pad_to(ls - 4)
@@ -357,7 +367,11 @@ def _compile_region(region: bytes) -> object | None:
                             if ct == c.CTA_TUPLE_IP and ln:
                                 return None
                             item = f"v[{b._value(region, ls, le, ln, fmt, size)}]"
-                            fields[d][name] = f"A({item})" if ct == c.CTA_TUPLE_IP else item
+                            if ct == c.CTA_TUPLE_IP:
+                                item = f"A({item})"
+                            elif size > 1:
+                                item = _shared(item)
+                            fields[d][name] = item
                         b._pad_to(le)
                 b._pad_to(ce)
             b._pad_to(e)
@@ -387,10 +401,16 @@ def _compile_region(region: bytes) -> object | None:
         "new": tuple.__new__,
         "Tuple": Tuple,
         "A": _addr_text,
+        "I": _INTS.setdefault,
     }
     # Generated from our own struct layout above; no outside text reaches it.
     exec(src, env)
     return env["run"]
+
+
+def _shared(item: str) -> str:
+    """The expression `item` (an int), through the table of shared ints."""
+    return f"I({item}, {item})"
 
 
 _REGION_SHAPES: dict[int, list[object]] = {}
@@ -578,10 +598,10 @@ def _compile_shape(
         "t[0]",
         "t[1]",
         f.get("id", "None"),
-        f.get("status", "None"),
+        _shared(f["status"]) if "status" in f else "None",
         f.get("state", "None"),
         f.get("timeout", "None"),
-        f.get("mark", "None"),
+        _shared(f["mark"]) if "mark" in f else "None",
         f.get("zone", "0"),
         f.get("use", "None"),
         f.get("orig_packets", "None"),
@@ -644,6 +664,7 @@ def _compile_shape(
         "DecodeError": DecodeError,
         "_labels": _labels,
         "_cstring": _cstring,
+        "I": _INTS.setdefault,
         "box": shape.box,
         "miss": miss,
     }
@@ -685,6 +706,8 @@ class FastDecoder:
         return sum(len(shape.cache) for shapes in self.shapes.values() for shape in shapes)
 
     def begin(self) -> None:
+        if len(_INTS) > _INTS_MAX:  # marks can be as many as flows: keep the table bounded
+            _INTS.clear()
         self._dumps += 1
         due = self._dumps % self._RENEW_EVERY == 0
         self._renewing = due or self.cached > 2 * self._kept + 1024
