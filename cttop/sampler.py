@@ -494,7 +494,8 @@ class Sampler:
             ring[2 + step % n_hist] = value
             ring[_LAST] = step
 
-        gone = fed.gone if fed.gone is not None else fed._prev  # no flows at all: all gone
+        gone = fed.gone
+        assert gone is not None  # add() ran: the feed fits, or it was redone above
         vanished = len(gone)
         if self.keep_vanished:
             seen_at = now if prev_time is None else prev_time
@@ -505,7 +506,7 @@ class Sampler:
                 self._forget(key)
 
         if step % n_hist == 0:
-            self._sweep(step)
+            self._sweep(step)  # (replaces self._since: the local `since` is stale from here)
 
         by_proto: dict[str, int] = {}
         by_tcp_state: dict[str | None, int] = {}

@@ -1259,6 +1259,9 @@ def _rate_run_starts(
     head: list[Rate] = rates[:present]  # type: ignore[assignment]
     if not head:
         return [0]
+    if not (value(head[0]) >= 0 and value(head[-1]) >= 0):
+        # Not rates a Sampler makes (those are finite and never negative): read them all.
+        return _run_starts(list(map(value, head)), 0)
     if value(head[0]) > value(head[-1]):  # descending: the zeros last
         zeros = bisect_left(head, 0.0, key=lambda r: -value(r)), present
     else:  # ascending (or all equal): the zeros first

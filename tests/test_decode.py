@@ -941,3 +941,20 @@ def test_flows_share_their_ports_status_and_mark_objects() -> None:
     dec.begin()
     assert not decode_module._INTS  # over its bound: emptied before the next dump
     dec.end()
+
+
+def test_a_32_bit_build_keys_fingerprints_by_their_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where hash() is 32 bits a collision in a 250k table is likely: the compiled shapes then
+    key their caches by the bytes themselves, and decode exactly as before."""
+    from cttop.conntrack import decode as decode_module
+
+    monkeypatch.setattr(decode_module, "_HASH_FINGERPRINTS", False)
+    messages = [TUPLES4 + be32(c.CTA_STATUS, 8) + be32(c.CTA_TIMEOUT, t) for t in (30, 29, 28)]
+    dec = FastDecoder()
+    for _ in range(2):
+        dec.begin()
+        for m in messages:
+            assert dec.decode(m, 0, len(m), V4) == decode_flow(m, 0, len(m), V4)
+        dec.end()
+    (shape,) = dec.shapes[len(messages[0])]
+    assert shape.cache and all(isinstance(fp, bytes) for fp in shape.cache)

@@ -90,8 +90,16 @@ rates = st.one_of(
     st.none(),
     st.just(ZERO_RATE),
     st.builds(Rate, *[st.floats(0, 1e9, allow_nan=False)] * 4),
-    # Equal totals, other parts (ties within a run), and a zero rate that is not ZERO_RATE.
-    st.sampled_from([Rate(1.0, 2.0, 3.0, 4.0), Rate(2.0, 1.0, 0.0, 0.0), Rate(0.0, 0.0, 1.0, 0.0)]),
+    # Equal totals, other parts (ties within a run), a zero rate that is not ZERO_RATE, and a
+    # negative one (the Sampler never makes it, but `apply` takes any rows).
+    st.sampled_from(
+        [
+            Rate(1.0, 2.0, 3.0, 4.0),
+            Rate(2.0, 1.0, 0.0, 0.0),
+            Rate(0.0, 0.0, 1.0, 0.0),
+            Rate(-1.0, 0.0, 0.0, 0.0),
+        ]
+    ),
 )
 
 

@@ -5,6 +5,7 @@ tests/test_tui_snapshots.py covers how it looks.
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import socket
 import threading
@@ -728,6 +729,78 @@ async def test_shift_d_right_after_a_filter_key_deletes_only_the_matching_flows(
             f"deleted {len(source.deleted)} flows, "
             f"{sum(f.protonum != IPPROTO_UDP for f in source.deleted)} of them not udp"
         )
+
+
+async def test_shift_d_twice_while_its_flows_are_found_opens_one_dialog(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second D while the first one's flows are still being computed off the UI thread is
+    the same request, not a second dialog (which a y each would delete every flow twice)."""
+    source = DeletingSource()
+    app = make_app(source)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+
+        def slow_apply(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.3)
+            return apply(*args, **kwargs)
+
+        monkeypatch.setattr(app_module, "apply", slow_apply)
+        await pilot.press("u", "D", "D")
+        await settle(pilot)
+        assert sum(isinstance(s, ConfirmScreen) for s in app.screen_stack) == 1
+        await pilot.press("y")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        assert source.deleted
+        assert len(source.deleted) == len(set(source.deleted))
+        assert all(f.protonum == IPPROTO_UDP for f in source.deleted)
+
+
+async def test_polls_do_not_free_the_sample_d_is_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Polls go on while D finds its flows off the UI thread; the sample it reads is not freed
+    under it (two polls retire and free a sample), so the dialog names every flow."""
+    source = DeletingSource()
+    app = make_app(source)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        gate = threading.Event()
+        held: list[bool] = []
+        compute = app._compute
+
+        def compute_then_hold(*args: Any, **kwargs: Any) -> Any:
+            result = compute(*args, **kwargs)
+            if any(f.function == "_matching_worker" for f in inspect.stack()):
+                held.append(True)
+                gate.wait(10)  # computed, not yet handed to the dialog
+            return result
+
+        def slow_apply(*args: Any, **kwargs: Any) -> Any:
+            if any(f.function == "_view_worker" for f in inspect.stack()):
+                time.sleep(0.3)  # the r view is not on screen when D comes
+            return apply(*args, **kwargs)
+
+        sample = app.shown.sample
+        everything = len(sample.rows)
+        monkeypatch.setattr(app, "_compute", compute_then_hold)
+        monkeypatch.setattr(app_module, "apply", slow_apply)
+        await pilot.press("r", "D")  # reversed: the view on screen is not the one D needs yet
+        for _ in range(2):  # two polls: the first retires D's sample, the second frees it
+            while app._polling or not app._view_idle.is_set():
+                await pilot.pause(0.01)
+            polls = app.polls
+            app.poll()
+            while app.polls == polls:
+                await pilot.pause(0.01)
+        assert app.shown.sample is not sample and held
+        gate.set()
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        assert f"ALL {everything:,} flows" in app.screen.question
+        await pilot.press("y")
+        await settle(pilot)
+        assert len(source.deleted) == everything
 
 
 async def test_read_only_refuses_to_delete(notes: list[str]) -> None:

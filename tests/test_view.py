@@ -712,3 +712,18 @@ def test_an_abandoned_view_leaves_the_memo_sound(expr: str) -> None:
             assert got.totals.bytes == want.totals.bytes
     with pytest.raises(ViewAbandoned):
         apply(GROUPABLE, filter=expr, stop=lambda: True)  # no memo: stops as well
+
+
+def test_the_other_direction_through_a_memo_takes_any_rates() -> None:
+    """The memo's shortcut for the other sort direction of a rate order (zeros found by binary
+    search) assumes what the Sampler makes: rates never negative. Rows with other rates still
+    get the view a fresh sort gives."""
+    flows = list(GROUPABLE.flows)[:4]
+    odd = [Rate(-1.0, 0.0, 0.0, 0.0), ZERO_RATE, Rate(3.0, 0.0, 0.0, 0.0), ZERO_RATE]
+    rows = FlowRows(flows, odd)
+    for key in ("rate", "orig_rate"):
+        for first in (False, True):
+            memo: dict[object, object] = {}
+            apply(rows, sort=key, reverse=first, memo=memo)
+            got = apply(rows, sort=key, reverse=not first, memo=memo)
+            assert got.rows == apply(rows, sort=key, reverse=not first).rows

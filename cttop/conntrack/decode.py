@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Any, Final
@@ -178,6 +179,8 @@ def _protoinfo_state(buf: bytes, off: int, end: int) -> int | None:
 
 def decode_flow(buf: bytes, off: int, end: int, family: int) -> Flow:
     """Decode the attributes in buf[off:end] (after the nfgenmsg header) into a Flow."""
+    if len(_INTS) > _INTS_MAX:  # (FastDecoder.begin checks too: this is for other callers)
+        _INTS.clear()
     orig = reply = None
     protonum = None
     status = state = timeout = mark = use = flow_id = None
@@ -278,6 +281,7 @@ def decode_message(buf: bytes, off: int, end: int) -> Flow:
 # known layout takes `decode_flow`, which stays the reference: the fast path yields exactly what
 # it would, or declines.
 
+_HASH_FINGERPRINTS: Final = sys.hash_info.width >= 64
 _MAX_SHAPES_PER_LENGTH: Final = 4
 _MAX_SHAPES: Final = 256
 
@@ -301,21 +305,21 @@ class _Shape:
         self.box: list[Any] = [{}, None, after]
 
     @property
-    def cache(self) -> dict[int, Flow]:
-        cache: dict[int, Flow] = self.box[0]
+    def cache(self) -> dict[int | bytes, Flow]:
+        cache: dict[int | bytes, Flow] = self.box[0]
         return cache
 
     @cache.setter
-    def cache(self, cache: dict[int, Flow]) -> None:
+    def cache(self, cache: dict[int | bytes, Flow]) -> None:
         self.box[0] = cache
 
     @property
-    def renewed(self) -> dict[int, Flow] | None:
-        renewed: dict[int, Flow] | None = self.box[1]
+    def renewed(self) -> dict[int | bytes, Flow] | None:
+        renewed: dict[int | bytes, Flow] | None = self.box[1]
         return renewed
 
     @renewed.setter
-    def renewed(self, renewed: dict[int, Flow] | None) -> None:
+    def renewed(self, renewed: dict[int | bytes, Flow] | None) -> None:
         self.box[1] = renewed
 
     @property
@@ -620,12 +624,16 @@ def _compile_shape(
     to = b.timeout_at
     # The fingerprint is the 64-bit hash of the bytes, not the bytes: at 250k flows that keeps
     # ~60 MB of keys out of the caches. Two messages of one layout with the same hash would
-    # share a decode; with Python's keyed SipHash that is a 2**-64 chance per pair.
+    # share a decode; with Python's keyed SipHash that is a 2**-64 chance per pair. (A 32-bit
+    # build's hash is too short for that: there the bytes are the key.)
+    key = "hash({})" if _HASH_FINGERPRINTS else "{}"
     if to is None:  # no timeout (an offloaded entry): the whole message is the fingerprint
-        split, parts, timeout = struct.Struct(f">{size}s"), "fp = hash(split(buf, off)[0])", "f7"
+        split = struct.Struct(f">{size}s")
+        parts, timeout = "fp = " + key.format("split(buf, off)[0]"), "f7"
     else:
         split = struct.Struct(f">{to}sI{size - to - 4}s")
-        parts, timeout = "pre, tmo, post = split(buf, off)\n    fp = hash(pre + post)", "tmo"
+        parts = "pre, tmo, post = split(buf, off)\n    fp = " + key.format("pre + post")
+        timeout = "tmo"
     # A known message but for its timeout: the cached flow's fields, unpacked at once (faster
     # than twenty subscripts), with the new timeout.
     names = [f"f{i}" for i in range(len(Flow._fields))]

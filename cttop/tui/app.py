@@ -268,6 +268,7 @@ class CttopApp(App[int]):
         self._last_input = float("-inf")
         self.heap = HeapPolicy(quiet=self._quiet)
         self._retired: list[Shown] = []  # samples off screen, left for a worker to free
+        self._pinned: Sample | None = None  # a sample D is reading off the UI thread
         # Clear while a key's view is computed: the poll worker waits between datagrams (and
         # before its own view) so that the key's result comes first (see _poll_worker).
         self._view_idle = threading.Event()
@@ -460,6 +461,10 @@ class CttopApp(App[int]):
         container the screen, the sampler or the shown sample's memo still reads (views of
         one sample share lists)."""
         retired, self._retired = self._retired, []
+        pinned = self._pinned
+        if pinned is not None:  # read by the D worker: freed by a later poll
+            self._retired += [old for old in retired if old.sample is pinned]
+            retired = [old for old in retired if old.sample is not pinned]
         shown = self.shown
         keep = {id(self.sampler.last_flows)}
         if shown is not None:
@@ -838,7 +843,11 @@ class CttopApp(App[int]):
         # settings, not from a view on screen that a worker may be about to replace. That
         # view is computed off the UI thread (up to a few hundred ms at 250k flows).
         shown = self.shown
+        if self._pinned is not None:
+            return  # the flows of an earlier D are still being found: its dialog comes next
         if shown.settings != self.settings:
+            # The sample stays whole until the dialog has the flows (see _free_retired).
+            self._pinned = shown.sample
             self._matching_worker(shown.sample, self.settings, delete)
         else:
             self._confirm_delete_matching(shown, delete)
@@ -847,13 +856,22 @@ class CttopApp(App[int]):
     def _matching_worker(
         self, sample: Sample, settings: ViewSettings, delete: Callable[[Flow], bool]
     ) -> None:
-        shown = self._compute(sample, settings, None)
+        try:
+            shown = self._compute(sample, settings, None)
+        except Exception as e:
+            self.call_from_thread(self._matching_failed, e)
+            return
         self.call_from_thread(self._confirm_delete_matching, shown, delete)
+
+    def _matching_failed(self, error: Exception) -> None:
+        self._pinned = None
+        self.notify(f"delete failed: {error}", severity="error")
 
     def _confirm_delete_matching(self, shown: Shown, delete: Callable[[Flow], bool]) -> None:
         rows = shown.result.rows
         assert isinstance(rows, FlowRows)
-        flows = list(rows.flows)
+        flows = list(rows.flows)  # the dialog's own copy: then the sample may be freed
+        self._pinned = None
         what = shown.settings.describe()
         if what:
             question = f"Delete all {len(flows):,} flows matching “{what}”?"
