@@ -138,17 +138,22 @@ def _store(flows: list[Flow]) -> _ColumnStore | None:
     return store if store is not None and store.flows is flows else None
 
 
-def _column(get: Callable[[Flow], Any], flows: list[Flow]) -> list[Any]:
-    """list(map(get, flows)), from this thread's column store when it holds these flows.
-    A pass over the flows is where a computation no longer wanted stops."""
+def _cached(key: Callable[..., Any], flows: list[Flow], make: Callable[[], list[Any]]) -> list[Any]:
+    """make(), a list over `flows`, kept under `key` in this thread's column store when it
+    holds these flows. A pass over the flows is where a computation no longer wanted stops."""
     _check(getattr(_local, "stop", None))
     store = _store(flows)
     if store is None:
-        return list(map(get, flows))
-    values = store.values.get(get)
+        return make()
+    values = store.values.get(key)
     if values is None:
-        values = store.values[get] = list(map(get, flows))
+        values = store.values[key] = make()
     return values
+
+
+def _column(get: Callable[[Flow], Any], flows: list[Flow]) -> list[Any]:
+    """list(map(get, flows)), from the column store when it has it (see `_cached`)."""
+    return _cached(get, flows, lambda: list(map(get, flows)))
 
 
 def _distinct(get: Callable[[Flow], Any], flows: list[Flow], values: list[Any]) -> set[Any]:
@@ -611,13 +616,9 @@ def _port_mask(test: Callable[[int | None], bool], gets: tuple[Any, ...]) -> _Ma
 
 
 def _has_ports(flows: list[Flow]) -> list[bool]:
-    store = _store(flows)
-    known = store.values.get(_has_ports) if store is not None else None
-    if known is None:
-        known = list(map(_PORT_PROTOS.__contains__, _column(_protonum, flows)))
-        if store is not None:
-            store.values[_has_ports] = known
-    return known
+    return _cached(
+        _has_ports, flows, lambda: list(map(_PORT_PROTOS.__contains__, _column(_protonum, flows)))
+    )
 
 
 def _sport_term(token: str, value: str) -> Predicate:
@@ -1259,14 +1260,14 @@ def _rate_run_starts(
     head: list[Rate] = rates[:present]  # type: ignore[assignment]
     if not head:
         return [0]
-    if not (value(head[0]) >= 0 and value(head[-1]) >= 0):
+    first, last = value(head[0]), value(head[-1])
+    if not (first >= 0 and last >= 0):
         # Not rates a Sampler makes (those are finite and never negative): read them all.
         return _run_starts(list(map(value, head)), 0)
-    if value(head[0]) > value(head[-1]):  # descending: the zeros last
-        zeros = bisect_left(head, 0.0, key=lambda r: -value(r)), present
+    if first > last:  # descending: the zeros last
+        lo, hi = bisect_left(head, 0.0, key=lambda r: -value(r)), present
     else:  # ascending (or all equal): the zeros first
-        zeros = 0, bisect_right(head, 0.0, key=value)
-    lo, hi = zeros
+        lo, hi = 0, bisect_right(head, 0.0, key=value)
     starts = _run_starts(list(map(value, head[:lo])), 0)
     if lo < hi:
         starts.append(lo)

@@ -53,6 +53,13 @@ _INTS: dict[int, int] = {}
 _INTS_MAX: Final = 1 << 17
 
 
+def _bound_shared_ints() -> None:
+    """Empty the table of shared ints when it grew past its bound (marks can be as many as
+    flows). Called per dump and per reference decode, never per compiled one."""
+    if len(_INTS) > _INTS_MAX:
+        _INTS.clear()
+
+
 def _addr_text(raw: bytes) -> str:
     text = _ADDR_CACHE.get(raw)
     if text is None:
@@ -179,8 +186,7 @@ def _protoinfo_state(buf: bytes, off: int, end: int) -> int | None:
 
 def decode_flow(buf: bytes, off: int, end: int, family: int) -> Flow:
     """Decode the attributes in buf[off:end] (after the nfgenmsg header) into a Flow."""
-    if len(_INTS) > _INTS_MAX:  # (FastDecoder.begin checks too: this is for other callers)
-        _INTS.clear()
+    _bound_shared_ints()
     orig = reply = None
     protonum = None
     status = state = timeout = mark = use = flow_id = None
@@ -714,8 +720,7 @@ class FastDecoder:
         return sum(len(shape.cache) for shapes in self.shapes.values() for shape in shapes)
 
     def begin(self) -> None:
-        if len(_INTS) > _INTS_MAX:  # marks can be as many as flows: keep the table bounded
-            _INTS.clear()
+        _bound_shared_ints()
         self._dumps += 1
         due = self._dumps % self._RENEW_EVERY == 0
         self._renewing = due or self.cached > 2 * self._kept + 1024
