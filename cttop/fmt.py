@@ -141,8 +141,9 @@ def rate_json(rate: Rate | None) -> dict[str, float] | None:
     }
 
 
-def flow_json(flow: Flow, rate: Rate | None) -> dict[str, Any]:
-    """One FLOW object of the JSON-lines schema in design.md: every key, null when absent."""
+def flow_json(flow: Flow, rate: Rate | None, now: float) -> dict[str, Any]:
+    """One FLOW object of the JSON-lines schema in design.md: every key, null when absent.
+    `now`: the sample's time (unix seconds), which the timeout's seconds left count to."""
     return {
         "id": flow.id,
         "family": flow.family_name,
@@ -150,7 +151,7 @@ def flow_json(flow: Flow, rate: Rate | None) -> dict[str, Any]:
         "protonum": flow.protonum,
         "state": flow.state_name,
         "status": flow.status_names,
-        "timeout": flow.timeout,
+        "timeout": flow.timeout_at(now),
         "mark": flow.mark,
         "zone": flow.zone,
         "use": flow.use,
@@ -170,7 +171,7 @@ def sample_json(sample: Sample, rows: Iterable[FlowRow] | None = None) -> str:
         "interval": sample.interval,
         "count": snap.table_count if snap.table_count is not None else len(snap.flows),
         "max": snap.table_max,
-        "flows": [flow_json(f, r) for f, r in shown],
+        "flows": [flow_json(f, r, snap.time_wall) for f, r in shown],
     }
     return json.dumps(obj, separators=(",", ":"))
 
@@ -219,9 +220,10 @@ def _cell(v: Any) -> Any:
 def csv_rows(sample: Sample, rows: Iterable[FlowRow] | None = None) -> list[list[Any]]:
     out = []
     shown = sample.rows if rows is None else rows
-    t = f"{sample.snapshot.time_wall:.3f}"
+    now = sample.snapshot.time_wall
+    t = f"{now:.3f}"
     for flow, rate in shown:
-        j = flow_json(flow, rate)
+        j = flow_json(flow, rate, now)
         row: list[Any] = [t, *(j[k] for k in CSV_COLUMNS[1:6])]
         row.append("|".join(j["status"]))
         row += [j[k] for k in CSV_COLUMNS[7:12]]
@@ -282,7 +284,7 @@ def summary_line(sample: Sample, bits: bool = False) -> str:
     return "  ".join(parts)
 
 
-def text_row(flow: Flow, rate: Rate | None, bits: bool = False) -> list[str]:
+def text_row(flow: Flow, rate: Rate | None, now: float, bits: bool = False) -> list[str]:
     src, dst = tuple_ends(flow, flow.orig)
     real = nat_destination(flow)
     if real is not None:
@@ -303,7 +305,7 @@ def text_row(flow: Flow, rate: Rate | None, bits: bool = False) -> list[str]:
         human_rate(None if rate is None else rate.reply_bytes_per_s, bits),
         ABSENT if pkts is None else f"{pkts:.1f}",
         human(nbytes),
-        duration(flow.timeout),
+        duration(flow.timeout_at(now)),
         ABSENT if flow.mark is None else str(flow.mark),
         str(flow.zone),
     ]
@@ -316,7 +318,8 @@ def text_table(sample: Sample, rows: Iterable[FlowRow] | None = None, bits: bool
     """One iteration of `-o text`: the summary line, a blank line, then a fixed-width table."""
     header = [*TEXT_COLUMNS, *TEXT_COLUMNS_TAIL]
     shown = sample.rows if rows is None else rows
-    body = [text_row(f, r, bits) for f, r in shown]
+    now = sample.snapshot.time_wall
+    body = [text_row(f, r, now, bits) for f, r in shown]
     widths = [len(h) for h in header]
     for row in body:
         for i, cell in enumerate(row):

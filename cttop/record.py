@@ -673,6 +673,8 @@ class ReplaySource:
         gc_was_enabled = gc.isenabled()
         gc.disable()  # as in ConntrackClient.snapshot: nothing built here forms a cycle
         decoder.begin()
+        # Stamped with the poll's own time, the flows' seconds left are what was recorded.
+        decoder.clock[0] = poll.time_ns / 1e9
         try:
             for buf in self._file.packets(poll):
                 off = 0

@@ -900,7 +900,7 @@ _FLOW_COLUMNS: dict[str, _Column] = {
     "packets": _c_packets,
     "flows": lambda flows, rates: [1] * len(flows),
     "age": _c_age,
-    "timeout": _c_attr("timeout"),
+    "timeout": _c_attr("expires"),  # the soonest expiry is the fewest seconds left
     "proto": _c_proto,
     "state": _c_state,
     "src": _c_address("orig.src"),

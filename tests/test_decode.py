@@ -93,7 +93,7 @@ def g(id_: str, attrs: bytes, expected: Flow, family: int = V4) -> Good:
 GOOD: list[Good] = [
     g("tuples only: everything else None, zone 0", TUPLES4, BASE4),
     g("status", TUPLES4 + be32(c.CTA_STATUS, 0x18E), BASE4._replace(status=0x18E)),
-    g("timeout", TUPLES4 + be32(c.CTA_TIMEOUT, 431999), BASE4._replace(timeout=431999)),
+    g("timeout", TUPLES4 + be32(c.CTA_TIMEOUT, 431999), BASE4._replace(expires=431999)),
     g("mark", TUPLES4 + be32(c.CTA_MARK, 0xDEADBEEF), BASE4._replace(mark=0xDEADBEEF)),
     g("mark 0 is 0, not None", TUPLES4 + be32(c.CTA_MARK, 0), BASE4._replace(mark=0)),
     g("id", TUPLES4 + be32(c.CTA_ID, 0xFFFFFFFF), BASE4._replace(id=0xFFFFFFFF)),
@@ -377,7 +377,7 @@ GOOD: list[Good] = [
             id=1,
             status=0xE,
             state=3,
-            timeout=100,
+            expires=100,
             mark=2,
             zone=7,
             use=1,
@@ -492,9 +492,12 @@ def test_fast_decoder_cache_follows_the_table() -> None:
 
 
 def test_fast_decoder_reuses_only_what_differs_in_the_timeout() -> None:
-    """A message equal to one decoded before but for the timeout's value is not decoded again
-    (the cached flow with the new timeout); any other byte that differs — a counter, the
-    status, the mark, the family — is decoded. Every result equals the reference's."""
+    """A message equal to one decoded before but for the timeout's value is not decoded again:
+    while the expiry it gives (receive time + timeout) is within SAME_EXPIRY of the cached
+    flow's, the decode *is* the cached flow (the same object), whose seconds left then are the
+    timeout received; further off, the cached fields with the new expiry. Any other byte that
+    differs — a counter, the status, the mark, the family — is decoded. Every result equals the
+    reference's (but the reused expiry)."""
 
     def message(timeout: int, packets: int = 3, status: int = 8, mark: int = 1) -> bytes:
         return (
@@ -505,27 +508,39 @@ def test_fast_decoder_reuses_only_what_differs_in_the_timeout() -> None:
             + nest(c.CTA_COUNTERS_ORIG, be64(c.CTA_COUNTERS_PACKETS, packets))
         )
 
+    def decode(dec: FastDecoder, msg: bytes, family: int = V4) -> Flow:
+        return dec.decode(msg, 0, len(msg), family)
+
     dec = FastDecoder()
     dec.begin()
-    dec.decode(message(100), 0, len(message(100)), V4)  # teaches the shape
-    first = dec.decode(message(100), 0, len(message(100)), V4)
-    reference = decode_flow(message(100), 0, len(message(100)), V4)
-    assert first == reference
+    dec.clock[0] = 1000.0
+    decode(dec, message(100))  # teaches the shape
+    first = decode(dec, message(100))
+    reference = decode_flow(message(100), 0, len(message(100)), V4, 1000.0)
+    assert first == reference and first.expires == 1100.0
     calls = []
     shape = dec.shapes[len(message(100))][0]
     unpack = shape.run.__globals__["unpack"]  # type: ignore[attr-defined]
     shape.run.__globals__["unpack"] = lambda *a: calls.append(a) or unpack(*a)  # type: ignore[attr-defined]
-    for timeout in (99, 0, 2**32 - 1):
-        got = dec.decode(message(timeout), 0, len(message(timeout)), V4)
-        assert got == reference._replace(timeout=timeout)
+    # The next dumps, an idle entry: whole seconds left (rounded down), stamped a little early
+    # or late against the ticks of the timeout.
+    for now, timeout in ((1001.0, 99), (1001.3, 99), (1000.7, 99), (1050.35, 50), (1099.9, 0)):
+        dec.clock[0] = now
+        assert decode(dec, message(timeout)) is first
+        assert first.timeout_at(now) == timeout  # shown as if decoded now
+    # A timer refreshed, or out of step with the ticks: the cached decode with the new expiry.
+    for now, timeout in ((1000.5, 99), (1001.0, 99), (1002.0, 100), (2000.0, 2**32 - 1)):
+        dec.clock[0] = now
+        got = decode(dec, message(timeout))
+        assert got == reference._replace(expires=now + timeout)
         assert got.orig is first.orig  # the cached decode, not a new one
     assert calls == []
     variants = [message(98, packets=4), message(98, status=10), message(98, mark=2)]
     for m in variants:
-        assert dec.decode(m, 0, len(m), V4) == decode_flow(m, 0, len(m), V4)
+        assert decode(dec, m) == decode_flow(m, 0, len(m), V4, 2000.0)
     assert len(calls) == len(variants)
     m = message(97)
-    assert dec.decode(m, 0, len(m), V6) == decode_flow(m, 0, len(m), V6)
+    assert decode(dec, m, V6) == decode_flow(m, 0, len(m), V6, 2000.0)
     assert len(calls) == len(variants) + 1
     dec.end()
 
@@ -923,7 +938,7 @@ def test_flows_share_their_ports_status_and_mark_objects() -> None:
             status=0x18E,
             mark=70000,
             id=sport,
-            timeout=100,
+            expires=100,
         )
 
     dec = FastDecoder()
@@ -949,7 +964,7 @@ def test_a_32_bit_build_keys_fingerprints_by_their_bytes(monkeypatch: pytest.Mon
     from cttop.conntrack import decode as decode_module
 
     monkeypatch.setattr(decode_module, "_HASH_FINGERPRINTS", False)
-    messages = [TUPLES4 + be32(c.CTA_STATUS, 8) + be32(c.CTA_TIMEOUT, t) for t in (30, 29, 28)]
+    messages = [TUPLES4 + be32(c.CTA_STATUS, 8) + be32(c.CTA_TIMEOUT, t) for t in (30, 20, 10)]
     dec = FastDecoder()
     for _ in range(2):
         dec.begin()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -20,6 +21,10 @@ from typing import Any
 import pytest
 
 from cttop.conntrack import const as c
+from cttop.conntrack.client import ConntrackClient
+from cttop.conntrack.decode import FLOW_MESSAGE_TYPES, decode_message
+from cttop.fmt import flow_json
+from tests.ctload import inside
 from tests.ctref import compare_flow, match_flows, parse_conntrack_list
 from tests.lab import MIX_SIZE, populate_mix
 from tests.netns import NetNS
@@ -304,3 +309,45 @@ def test_json_schema(netns_factory: Callable[..., NetNS]) -> None:
         assert (flow["rate"] is None) == (flow["orig"]["packets"] is None)
         if flow["rate"] is not None:
             assert set(flow["rate"].values()) == {0}
+
+
+# --- idle entries: decoded once ---------------------------------------------------------------
+
+
+def test_an_idle_entry_is_the_same_flow_from_poll_to_poll(netns: NetNS) -> None:
+    """An entry nothing happened to is not decoded again: the next poll, a whole second later
+    (in step with the ticks of its timeout), gives the same Flow object, whose seconds left at
+    that moment are exactly what the kernel just sent, and agree with conntrack's. An entry
+    that changed (its mark) is decoded anew."""
+    entries = [
+        f"-p udp -s 192.0.2.{i} -d 198.51.100.1 --sport {40000 + i} --dport 53 -u SEEN_REPLY"
+        for i in range(1, 21)
+    ]
+    netns.insert(entries)
+    sent: list[bytes] = []
+    with inside(netns.path):
+        client = ConntrackClient()
+        try:
+            before = client.snapshot()
+            time.sleep(max(0.0, before.time_wall + 1.0 - time.time()))
+            netns.conntrack("-U", "-s", "192.0.2.1", "-m", "9")
+            after = client.snapshot(raw_sink=sent.append)
+            decoded_at = client.decoder.clock[0]  # one datagram: every message's stamp
+        finally:
+            client.close()
+    refs, ref_time = conntrack_now(netns)
+    assert list(after.flows) == list(before.flows) and len(after.flows) == len(entries)
+    changed = [k for k, f in after.flows.items() if f.mark == 9]
+    assert len(changed) == 1 and after.flows[changed[0]] is not before.flows[changed[0]]
+    same = [k for k in after.flows if after.flows[k] is before.flows[k]]
+    # Each idle entry's stamp is a few ms off the second: rarely, a tick falls in between.
+    assert len(same) >= len(entries) - 3
+    # Reused or not, each flow shows the seconds left the kernel sent in this very dump.
+    kernel = {}
+    for msg in sent:
+        if struct.unpack_from("=IH", msg)[1] in FLOW_MESSAGE_TYPES:  # not DONE, not stats
+            flow = decode_message(msg, 0, len(msg))  # at time 0: its expiry is its timeout
+            kernel[flow.key] = flow.expires
+    assert {k: f.timeout_at(decoded_at) for k, f in after.flows.items()} == kernel
+    ours = [flow_json(f, None, after.time_wall) for f in after.flows.values()]
+    assert differences(refs, ours, ref_time) == []

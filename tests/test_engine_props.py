@@ -75,7 +75,7 @@ def flows(draw: st.DrawFn) -> Flow:
         id=draw(st.integers(0, 3)),  # few ids: CTA_ID repeats
         status=draw(st.one_of(st.none(), st.integers(0, 0xFFFF))),
         state=draw(st.one_of(st.none(), st.integers(0, 10))),
-        timeout=draw(st.one_of(st.none(), st.integers(0, 432000))),
+        expires=draw(st.one_of(st.none(), st.integers(0, 432000))),
         mark=draw(st.one_of(st.none(), st.sampled_from([0, 1, 0x10, 0xFFFFFFFF]))),
         zone=draw(st.sampled_from([0, 0, 1])),
         orig_bytes=ob,
@@ -399,7 +399,7 @@ REFERENCE: dict[str, tuple[Any, bool]] = {
     "packets": (lambda f, r: _sum(f.orig_packets, f.reply_packets), False),
     "flows": (lambda f, r: 1, False),
     "age": (lambda f, r: f.start, True),  # oldest (earliest start) first
-    "timeout": (lambda f, r: f.timeout, True),
+    "timeout": (lambda f, r: f.expires, True),
     "proto": (lambda f, r: proto_name(f.protonum), True),
     "state": (lambda f, r: state_name(f.protonum, f.state), True),
     "src": (lambda f, r: _address(f.orig.src), True),

@@ -58,6 +58,7 @@ from tests.ctgen import (
     CT_NEW,
     be32,
     corpus,
+    decoded_alike,
     encode_flow_message,
     flow_of,
     flows,
@@ -507,13 +508,14 @@ def check_fast_matches_reference(base: bytes, variant: bytes) -> None:
     with time_limit():
         for _ in range(2):  # dump 1 learns the shape; dump 2 decodes by it (and its cache)
             dec.begin()
-            assert _fast(dec, base, family) == _reference(base, family)
+            assert decoded_alike(_fast(dec, base, family), _reference(base, family))
             dec.end()
         dec.begin()
         if len(variant) >= 20:
-            assert _fast(dec, variant, family) == _reference(variant, family)
-            assert _fast(dec, variant, family) == _reference(variant, family)  # now learned
-        assert _fast(dec, base, family) == _reference(base, family)
+            assert decoded_alike(_fast(dec, variant, family), _reference(variant, family))
+            # now learned
+            assert decoded_alike(_fast(dec, variant, family), _reference(variant, family))
+        assert decoded_alike(_fast(dec, base, family), _reference(base, family))
         dec.end()
 
 

@@ -82,7 +82,7 @@ def _load(directory: Path = GOLDEN_DIR) -> Golden:
     by_json: dict[int, Flow] = {}
     ours: list[Json] = []
     for flow in flows.values():
-        j = flow_json(flow, None)
+        j = flow_json(flow, None, 0.0)  # decoded at time 0: expires is the timeout
         by_json[id(j)] = flow
         ours.append(j)
     pairs, only_ref, only_ours = match_flows(refs, ours)
@@ -187,7 +187,7 @@ def test_fast_decoder_matches_on_every_pass(golden: Golden) -> None:
         for ref, _ours, flow in golden.pairs:
             diffs = compare_flow(
                 ref,
-                flow_json(flows[flow.key], None),
+                flow_json(flows[flow.key], None, 0.0),
                 timeout_slack=0,
                 ref_time=golden.meta["capture_time"],
                 start_slack=0,
@@ -205,9 +205,9 @@ def test_fast_decoder_needs_the_reference_only_on_the_first_pass(
     fallbacks: list[int] = []
     reference = decode.decode_flow
 
-    def counting(buf: bytes, off: int, end: int, family: int) -> Flow:
+    def counting(buf: bytes, off: int, end: int, family: int, now: float = 0.0) -> Flow:
         fallbacks.append(end - off)
-        return reference(buf, off, end, family)
+        return reference(buf, off, end, family, now)
 
     monkeypatch.setattr(decode, "decode_flow", counting)
     decoder = FastDecoder()

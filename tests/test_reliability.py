@@ -450,8 +450,8 @@ def test_batched_receive_batches_and_equals_one_by_one(
     sizes.clear()
     single = client.snapshot().flows
     assert set(sizes) == {1}
-    assert {k: f._replace(timeout=None) for k, f in batched.items()} == {
-        k: f._replace(timeout=None) for k, f in single.items()
+    assert {k: f._replace(expires=None) for k, f in batched.items()} == {
+        k: f._replace(expires=None) for k, f in single.items()
     }
     assert len(single) == N_TABLE
 

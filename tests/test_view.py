@@ -350,10 +350,10 @@ def test_sort_by_address(key, reverse, expected):
 
 FIELDS = FlowRows.of(
     [
-        _row(0, sport=5, dport=80, timeout=10, mark=3, zone=1, start=300, state=3),
-        _row(1, sport=None, dport=443, timeout=None, mark=None, zone=0, start=None, state=None),
-        _row(2, sport=7, dport=22, timeout=5, mark=0, zone=2, start=100, protonum=17),
-        _row(3, sport=5, dport=None, timeout=431999, mark=1, zone=0, start=200, state=1),
+        _row(0, sport=5, dport=80, expires=10, mark=3, zone=1, start=300, state=3),
+        _row(1, sport=None, dport=443, expires=None, mark=None, zone=0, start=None, state=None),
+        _row(2, sport=7, dport=22, expires=5, mark=0, zone=2, start=100, protonum=17),
+        _row(3, sport=5, dport=None, expires=431999, mark=1, zone=0, start=200, state=1),
     ]
 )
 

@@ -205,11 +205,15 @@ class ConntrackClient:
         fast = not check and raw_sink is None
         decode = self.decoder.decode
         entry, fallback = self.decoder.entries.get, self.decoder.fallback
+        # Each datagram's flows expire counting from when it is decoded (a few ms after the
+        # kernel wrote it: the receiving thread is at most a few batches ahead).
+        clock, wall = self.decoder.clock, time.time
         payload = nfgenmsg(flt.family) + flt.request_attrs()
         self.decoder.begin()
         with self._session() as sock:
             seq = sock.send(_CT | c.IPCTNL_MSG_CT_GET, NLM_F_DUMP, payload)
             for data, offsets, ending in sock.dump_datagrams(seq, stats):
+                clock[0] = wall()
                 if fast:
                     # Nothing recorded, nothing to filter: one comprehension per datagram.
                     # A message too short or malformed sends the datagram the careful way.

@@ -184,8 +184,9 @@ def _protoinfo_state(buf: bytes, off: int, end: int) -> int | None:
     return state
 
 
-def decode_flow(buf: bytes, off: int, end: int, family: int) -> Flow:
-    """Decode the attributes in buf[off:end] (after the nfgenmsg header) into a Flow."""
+def decode_flow(buf: bytes, off: int, end: int, family: int, now: float = 0.0) -> Flow:
+    """Decode the attributes in buf[off:end] (after the nfgenmsg header) into a Flow; `now` is
+    when the message was received (unix seconds): the flow expires CTA_TIMEOUT after it."""
     _bound_shared_ints()
     orig = reply = None
     protonum = None
@@ -247,7 +248,7 @@ def decode_flow(buf: bytes, off: int, end: int, family: int) -> Flow:
         flow_id,
         status,
         state,
-        timeout,
+        None if timeout is None else now + timeout,
         mark,
         zone,
         use,
@@ -263,15 +264,16 @@ def decode_flow(buf: bytes, off: int, end: int, family: int) -> Flow:
     )
 
 
-def decode_message(buf: bytes, off: int, end: int) -> Flow:
-    """Decode one whole netlink message (header included) at buf[off:end] into a Flow."""
+def decode_message(buf: bytes, off: int, end: int, now: float = 0.0) -> Flow:
+    """Decode one whole netlink message (header included) at buf[off:end], received at unix
+    time `now`, into a Flow."""
     if end - off < NLMSG_HDR.size + NFGENMSG.size:
         raise DecodeError(f"message of {end - off} bytes is too short for a conntrack entry")
     _len, msg_type, _flags, _seq, _pid = _NLMSG(buf, off)
     if msg_type not in FLOW_MESSAGE_TYPES:
         raise DecodeError(f"message type {msg_type:#x} is not a conntrack entry")
     family, _version, _res = _NFGEN(buf, off + NLMSG_HDR.size)
-    return decode_flow(buf, off + NLMSG_HDR.size + NFGENMSG.size, end, family)
+    return decode_flow(buf, off + NLMSG_HDR.size + NFGENMSG.size, end, family, now)
 
 
 # --- the fast path: decoding by message shape ---------------------------------------------
@@ -285,7 +287,17 @@ def decode_message(buf: bytes, off: int, end: int) -> Flow:
 # one the shape decoded before but for the timeout's value reuses that decode (see FastDecoder):
 # the same bytes through the same layout give the same values. Anything that does not match a
 # known layout takes `decode_flow`, which stays the reference: the fast path yields exactly what
-# it would, or declines.
+# it would, or declines — but for `Flow.expires` of a reused decode (see `SAME_EXPIRY`).
+
+# CTA_TIMEOUT is whole seconds, rounded down, so the expiry worked out from it (receive time +
+# timeout) for an entry nothing happened to moves around within a second from dump to dump. A
+# cached flow whose expiry is less than SAME_EXPIRY away from the new one is the decode (the
+# same object: an idle entry costs no new Flow). Its seconds left, rounded (`Flow.timeout_at`),
+# are then the CTA_TIMEOUT just received, with 0.1 s to spare for the moment they are shown
+# at (the snapshot's time, a little off the receive time): what is shown does not depend on
+# which of the two flows it is. Further off (a refreshed timer, or polls a fraction of a second
+# out of step with the timeout's ticks) the flow is made anew.
+SAME_EXPIRY: Final = 0.4
 
 _HASH_FINGERPRINTS: Final = sys.hash_info.width >= 64
 _MAX_SHAPES_PER_LENGTH: Final = 4
@@ -587,10 +599,16 @@ class _ShapeBuilder:
 
 
 def _compile_shape(
-    buf: bytes, off: int, end: int, miss: Callable[[], _Miss | None], after: int
+    buf: bytes,
+    off: int,
+    end: int,
+    miss: Callable[[], _Miss | None],
+    after: int,
+    clock: list[float],
 ) -> _Shape | None:
     """A shape for messages laid out like buf[off:end]; what it does not fit goes to
-    `miss()(..., shape.after)` (`miss` is a weak reference to the decoder's `_miss`)."""
+    `miss()(..., shape.after)` (`miss` is a weak reference to the decoder's `_miss`).
+    `clock[0]` is when the message being decoded was received (see `FastDecoder.clock`)."""
     b = _ShapeBuilder()
     try:
         fmt = b.learn(buf, off, end)
@@ -610,7 +628,7 @@ def _compile_shape(
         f.get("id", "None"),
         _shared(f["status"]) if "status" in f else "None",
         f.get("state", "None"),
-        f.get("timeout", "None"),
+        f"now + {f['timeout']}" if "timeout" in f else "None",
         _shared(f["mark"]) if "mark" in f else "None",
         f.get("zone", "0"),
         f.get("use", "None"),
@@ -635,22 +653,33 @@ def _compile_shape(
     key = "hash({})" if _HASH_FINGERPRINTS else "{}"
     if to is None:  # no timeout (an offloaded entry): the whole message is the fingerprint
         split = struct.Struct(f">{size}s")
-        parts, timeout = "fp = " + key.format("split(buf, off)[0]"), "f7"
+        parts = "fp = " + key.format("split(buf, off)[0]")
+        # A known message: the cached flow is the decode.
+        hit = "        if renewed is not None:\n            renewed[fp] = h\n        return h\n"
     else:
         split = struct.Struct(f">{to}sI{size - to - 4}s")
         parts = "pre, tmo, post = split(buf, off)\n    fp = " + key.format("pre + post")
-        timeout = "tmo"
-    # A known message but for its timeout: the cached flow's fields, unpacked at once (faster
-    # than twenty subscripts), with the new timeout.
-    names = [f"f{i}" for i in range(len(Flow._fields))]
-    reused = ", ".join(timeout if i == 7 else name for i, name in enumerate(names))
+        # A known message but for its timeout: the cached flow if the expiry agrees (h[7] is
+        # Flow.expires), else its fields unpacked at once (faster than twenty subscripts)
+        # with the new expiry.
+        names = [f"f{i}" for i in range(len(Flow._fields))]
+        reused = ", ".join("e" if i == 7 else name for i, name in enumerate(names))
+        hit = (
+            "        e = clock[0] + tmo\n"
+            "        if -SAME < h[7] - e < SAME:\n"
+            "            if renewed is not None:\n"
+            "                renewed[fp] = h\n"
+            "            return h\n"
+            f"        {', '.join(names)} = h\n"
+            f"        flow = new(Flow, ({reused}))\n"
+        )
     src = (
         "def run(buf, off, end, family):\n"
         f"    {parts}\n"
         "    h = box[0].get(fp)\n"
+        "    renewed = box[1]\n"
         "    if h is not None and h[0] == family:\n"
-        f"        {', '.join(names)} = h\n"
-        f"        flow = new(Flow, ({reused}))\n"
+        f"{hit}"
         "    else:\n"
         "        v = unpack(buf, off)\n"
         f"        if ({got}) != want:\n"
@@ -659,8 +688,8 @@ def _compile_shape(
         f"            t = region(v[{b.region}])\n"
         "        except DecodeError:\n"
         "            return miss()(buf, off, end, family, box[2])\n"
+        "        now = clock[0]\n"
         f"        flow = new(Flow, ({', '.join(flow_fields)}))\n"
-        "    renewed = box[1]\n"
         "    if renewed is None:\n"
         "        box[0][fp] = flow\n"
         "    else:\n"
@@ -681,6 +710,8 @@ def _compile_shape(
         "I": _INTS.setdefault,
         "box": shape.box,
         "miss": miss,
+        "clock": clock,
+        "SAME": SAME_EXPIRY,
     }
     # Generated from our own struct layout above; no outside text reaches it.
     exec(src, env)
@@ -693,13 +724,15 @@ class FastDecoder:
 
     Most entries of a big table do not change between two polls but for the seconds left
     (CTA_TIMEOUT): each shape keeps the flows it decoded by the message's bytes without that
-    value, and such a message costs one short struct call, a hash, one dict lookup and a new
-    Flow with the new timeout. Only messages never seen (new flows, moved counters, a state change)
-    are decoded. The cache must not outlive the table: flows that are gone leave entries
-    behind only until it is renewed, which a dump does every `_RENEW_EVERY` dumps, or sooner
-    when the cache has doubled since the last renewal; its size follows the table's, and most
-    dumps skip the cost of building a new 250k-entry dict. Call `begin()` before a dump and
-    `end()` after it.
+    value, and such a message costs one short struct call, a hash and one dict lookup: the
+    decode is the cached flow itself, the same object as the poll before, while the expiry it
+    implies agrees with the cached one (`SAME_EXPIRY`; else a new Flow with the new expiry).
+    Only messages never seen (new flows, moved counters, a state change) are decoded. The
+    cache must not outlive the table: flows that are gone leave entries behind only until it
+    is renewed, which a dump does every `_RENEW_EVERY` dumps, or sooner when the cache has
+    doubled since the last renewal; its size follows the table's, and most dumps skip the
+    cost of building a new 250k-entry dict. Call `begin()` before a dump and
+    `end()` after it, and set `clock[0]` to the time each message was received (unix seconds).
     """
 
     _RENEW_EVERY: Final = 8
@@ -713,6 +746,9 @@ class FastDecoder:
         self._dumps = 0
         self._kept = 0  # entries the last renewal kept
         self._renewing = False
+        # When the messages being decoded were received (unix seconds): what `Flow.expires`
+        # counts from. A list, read by the compiled shapes at each decode.
+        self.clock: list[float] = [0.0]
 
     @property
     def cached(self) -> int:
@@ -748,7 +784,8 @@ class FastDecoder:
                 self.entries[length] = shapes[0].run
 
     def decode(self, buf: bytes, off: int, end: int, family: int) -> Flow:
-        """Same result as `decode_flow(buf, off, end, family)`, usually much faster.
+        """Same result as `decode_flow(buf, off, end, family, clock[0])`, usually much faster
+        (but for `Flow.expires` of an unchanged entry: see `SAME_EXPIRY`).
 
         A loop over many messages can do what this does without its call:
         `decoder.entries.get(end - off, decoder.fallback)(buf, off, end, family)`."""
@@ -765,11 +802,13 @@ class FastDecoder:
         shapes = self.shapes.get(end - off)
         if shapes is not None and after < len(shapes):
             return shapes[after].run(buf, off, end, family)
-        flow = decode_flow(buf, off, end, family)
+        flow = decode_flow(buf, off, end, family, self.clock[0])
         if self.nshapes < _MAX_SHAPES and (shapes is None or len(shapes) < _MAX_SHAPES_PER_LENGTH):
             # On a miss, the new shape hands over to the one after it (none yet: the reference).
             after = 1 + (0 if shapes is None else len(shapes))
-            learned = _compile_shape(buf, off, end, weakref.WeakMethod(self._miss), after)
+            learned = _compile_shape(
+                buf, off, end, weakref.WeakMethod(self._miss), after, self.clock
+            )
             if learned is not None:
                 learned.renewed = {} if self._renewing else None
                 self.shapes.setdefault(end - off, []).append(learned)

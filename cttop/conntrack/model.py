@@ -7,6 +7,7 @@ absence on the wire *means* the default zone 0.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Protocol
 
 from cttop.conntrack.const import (
@@ -50,7 +51,11 @@ class Flow(NamedTuple):
     id: int | None = None  # CTA_ID
     status: int | None = None  # CTA_STATUS bits
     state: int | None = None  # TCP/SCTP/DCCP protocol state number
-    timeout: int | None = None  # seconds left
+    # When the kernel drops the entry unless a packet refreshes it: unix seconds, the
+    # CTA_TIMEOUT (seconds left) added to the time the message was received. An absolute time,
+    # so that an entry nothing happened to decodes to the *same* Flow from poll to poll (see
+    # `cttop.conntrack.decode.FastDecoder`); `timeout_at(now)` is the seconds left at `now`.
+    expires: float | None = None
     mark: int | None = None
     zone: int = 0
     use: int | None = None
@@ -67,6 +72,13 @@ class Flow(NamedTuple):
     @property
     def key(self) -> FlowKey:
         return (self.zone, self.orig, self.id)
+
+    def timeout_at(self, now: float) -> int | None:
+        """Seconds left at unix time `now` (what CTA_TIMEOUT would say then), None when the
+        kernel sent no timeout (an offloaded entry)."""
+        expires = self.expires
+        # Rounded half up: [n - 0.5, n + 0.5) is n.
+        return None if expires is None else max(0, math.floor(expires - now + 0.5))
 
     @property
     def family_name(self) -> str:

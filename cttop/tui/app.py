@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -423,8 +424,11 @@ class CttopApp(App[int]):
             wait = float(delay())  # a replay keeps the recording's own spacing
         else:
             # A dump that takes more than half the interval stretches it: the kernel's and
-            # our own work stay under half of the machine's time (the header says so).
-            self.effective_interval = max(self.interval, 2 * took)
+            # our own work stay under half of the machine's time (the header says so). To whole
+            # seconds: polls in step with the ticks of the kernel's timeouts find the idle
+            # entries as they left them, and the decoder reuses their flows (SAME_EXPIRY).
+            stretched = 2 * took > self.interval
+            self.effective_interval = float(math.ceil(2 * took)) if stretched else self.interval
             wait = self.effective_interval - took
         self._poll_timer = self.set_timer(max(0.05, wait), self.poll)
 

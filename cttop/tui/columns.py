@@ -62,7 +62,7 @@ class Options:
 
     bits: bool = False
     names: Callable[[str | None], str | None] | None = None  # reverse DNS, when on
-    now: float = 0.0  # wall time of the sample, for ages
+    now: float = 0.0  # wall time of the sample, for ages and seconds left
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,8 @@ def _age(f: Flow, rate: Rate | None, o: Options) -> Cell:
 
 
 def _timeout(f: Flow, rate: Rate | None, o: Options) -> Cell:
-    return (duration(f.timeout), PLAIN) if f.timeout is not None else (ABSENT, DIM)
+    left = f.timeout_at(o.now)
+    return (duration(left), PLAIN) if left is not None else (ABSENT, DIM)
 
 
 def _mark(f: Flow, rate: Rate | None, o: Options) -> Cell:

@@ -46,7 +46,7 @@ def build_table(n: int, rng: random.Random) -> dict[FlowKey, Flow]:
             id=i * 2654435761 & 0xFFFFFFFF,
             status=IPS_ASSURED | 0b1010,
             state=3 if tcp else None,
-            timeout=rng.randrange(1, 432000),
+            expires=1_700_000_000.0 + rng.randrange(1, 432000),
             mark=i % 4,
             zone=0,
             use=1,
