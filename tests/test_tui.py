@@ -758,6 +758,44 @@ async def test_shift_d_twice_while_its_flows_are_found_opens_one_dialog(
         assert all(f.protonum == IPPROTO_UDP for f in source.deleted)
 
 
+async def test_a_key_gives_up_the_polls_view_of_the_settings_it_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A key pressed while a poll computes its view (0.3 s for a bare word at 250k flows) is
+    not kept waiting for a view no longer wanted: the poll gives it up at its next pass and
+    computes the view of the new settings; no poll view of stale settings runs to its end."""
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        entered = threading.Event()
+        finished: list[bool] = []  # per poll view computed: were its settings still current?
+        compute = app._compute
+
+        def slow_compute(*args: Any) -> Any:
+            in_poll = any(f.function == "_poll_worker" for f in inspect.stack())
+            if in_poll:
+                entered.set()
+                time.sleep(0.3)
+            shown = compute(*args)
+            if in_poll:
+                finished.append(args[1] is app.settings)
+            return shown
+
+        while app._polling or not app._view_idle.is_set():
+            await pilot.pause(0.01)
+        monkeypatch.setattr(app, "_compute", slow_compute)
+        polls = app.polls
+        app.poll()
+        while not entered.is_set():
+            await pilot.pause(0.01)
+        await pilot.press("u")
+        while app.polls == polls:
+            await pilot.pause(0.01)
+        await settle(pilot)
+        assert finished and all(finished), finished
+        assert app.settings.proto == "udp" and app.shown.settings == app.settings
+
+
 async def test_polls_do_not_free_the_sample_d_is_reading(monkeypatch: pytest.MonkeyPatch) -> None:
     """Polls go on while D finds its flows off the UI thread; the sample it reads is not freed
     under it (two polls retire and free a sample), so the dialog names every flow."""

@@ -69,6 +69,9 @@ SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 # Seconds without input after which the operator is taken not to be watching a key's effect.
 QUIET_AFTER = 5.0
 _INPUT = (events.Key, events.MouseDown, events.MouseScrollDown, events.MouseScrollUp)
+# The poll's view, given up when a key changes the settings, starts again at most this often
+# minus one (a typist who does not stop) before it runs to its end whatever comes.
+_POLL_VIEW_TRIES = 4
 PROTO_CYCLE: tuple[str | None, ...] = (None, "tcp", "udp", "icmp", "other")
 STATE_CYCLE: tuple[str | None, ...] = (None, *(s for s in TCP_STATES if s != "NONE"), "NONE")
 GROUP_CYCLE = tuple(GROUP_KEYS)
@@ -359,16 +362,34 @@ class CttopApp(App[int]):
         self.heap.before_poll()
         try:
             sample = take(self.source, self.sampler, self._yield_to_view)
-            self._yield_to_view()
-            # The settings as they are now, not as they were when the poll started: a key
-            # pressed during the dump is not undone by the poll's view (and computed again).
-            shown = self._compute(sample, self.settings, self._followed())
+            shown = self._poll_view(sample)
             self.heap.after_poll()
         except Exception as e:  # shown in the header; polling goes on
             self.heap.after_poll()
             self.call_from_thread(self._poll_failed, e, self._timer() - started)
             return
         self.call_from_thread(self._poll_done, shown, self._timer() - started)
+
+    def _poll_view(self, sample: Sample) -> Shown:
+        """In the poll worker: the new sample's view for the settings as they are now, not as
+        they were when the poll started (a key pressed during the dump is not undone by the
+        poll's view). A key pressed while it is computed gives it up at its next pass — the
+        key's own view, of the sample on screen, is not kept waiting for a view no longer
+        wanted (a bare word typed on the way to a filter costs 0.3 s at 250k flows) — and it
+        starts again for the new settings, a few times at most: then it runs to its end."""
+        for attempt in range(_POLL_VIEW_TRIES):
+            self._yield_to_view()
+            settings = self.settings
+
+            def changed(settings: ViewSettings = settings) -> bool:
+                return self.settings is not settings
+
+            last = attempt == _POLL_VIEW_TRIES - 1
+            try:
+                return self._compute(sample, settings, self._followed(), None if last else changed)
+            except ViewAbandoned:
+                continue
+        raise AssertionError("the last try has no stop")  # pragma: no cover
 
     def _compute(
         self,

@@ -944,12 +944,12 @@ async def _ui_bench(n: int, rounds: int, tick_seconds: float, interval: float) -
         # worker): how much of a key's latency is the computation itself.
         out["view_compute_s"] = {
             "key": _stat([s for name, s, _cpu in computes if name == "_view_worker"]),
-            "poll": _stat([s for name, s, _cpu in computes if name == "_poll_worker"]),
+            "poll": _stat([s for name, s, _cpu in computes if name == "_poll_view"]),
         }
         # Its thread's CPU time meanwhile: the rest of the wall time it waited (for the GIL).
         out["view_compute_cpu_s"] = {
             "key": _stat([cpu for name, _s, cpu in computes if name == "_view_worker"]),
-            "poll": _stat([cpu for name, _s, cpu in computes if name == "_poll_worker"]),
+            "poll": _stat([cpu for name, _s, cpu in computes if name == "_poll_view"]),
         }
         out["key_misses"] = misses
         out["polls"] = app.polls
