@@ -758,6 +758,37 @@ async def test_shift_d_twice_while_its_flows_are_found_opens_one_dialog(
         assert all(f.protonum == IPPROTO_UDP for f in source.deleted)
 
 
+async def test_a_slow_dump_stretches_the_interval_to_whole_seconds_from_the_polls_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A poll taking more than half the interval stretches it (the header says so), to whole
+    seconds — polls in step with the ticks of the kernel's timeouts find idle entries as they
+    left them — counted from the poll's start, not from when its view was on screen."""
+    clock = [100.0]
+
+    class SlowDump(FakeSource):
+        def snapshot(self) -> Any:
+            clock[0] += 0.7  # the dump
+            return super().snapshot()
+
+    app = CttopApp(SlowDump(), interval=1.0, label="demo", timer=lambda: clock[0], autopoll=True)
+    waits: list[float] = []
+    monkeypatch.setattr(app, "set_timer", lambda delay, callback: waits.append(delay))
+    show = app._show
+
+    def slow_show(shown: Any) -> None:
+        show(shown)
+        clock[0] += 0.2  # drawing it
+
+    monkeypatch.setattr(app, "_show", slow_show)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert app.polls == 1 and app.stretched
+        assert app.effective_interval == 2.0  # 2 x 0.7 s, up to the whole second
+        assert waits == [pytest.approx(2.0 - 0.9)]  # 2 s after the poll started
+        assert "every 1s → 2.0s" in header(app)[0]
+
+
 async def test_a_key_gives_up_the_polls_view_of_the_settings_it_replaced(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

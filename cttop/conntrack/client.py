@@ -139,6 +139,7 @@ class ConntrackClient:
     def __init__(self, dump_filter: DumpFilter | None = None) -> None:
         self.filter = dump_filter or DumpFilter()
         self.decoder = FastDecoder()
+        self._half_dump = 0.0  # half the last dump's length, seconds (see dump_batches)
         self._sock: NetlinkSocket | None = None
         self._open()
 
@@ -205,15 +206,17 @@ class ConntrackClient:
         fast = not check and raw_sink is None
         decode = self.decoder.decode
         entry, fallback = self.decoder.entries.get, self.decoder.fallback
-        # Each datagram's flows expire counting from when it is decoded (a few ms after the
-        # kernel wrote it: the receiving thread is at most a few batches ahead).
-        clock, wall = self.decoder.clock, time.time
+        # A flow expires its CTA_TIMEOUT after one time for the whole dump: its middle, as
+        # far as the last dump's length tells, which is the snapshot's time when the table
+        # is steady. Counted to that time, every flow shows the seconds left the kernel sent,
+        # whether the decoder made it anew or reused it (decode.SAME_EXPIRY).
+        started = time.monotonic()
+        self.decoder.clock[0] = time.time() + self._half_dump
         payload = nfgenmsg(flt.family) + flt.request_attrs()
         self.decoder.begin()
         with self._session() as sock:
             seq = sock.send(_CT | c.IPCTNL_MSG_CT_GET, NLM_F_DUMP, payload)
             for data, offsets, ending in sock.dump_datagrams(seq, stats):
-                clock[0] = wall()
                 if fast:
                     # Nothing recorded, nothing to filter: one comprehension per datagram.
                     # A message too short or malformed sends the datagram the careful way.
@@ -245,6 +248,7 @@ class ConntrackClient:
                 if ending is not None and raw_sink is not None:
                     raw_sink(data[ending[0] : ending[1]])
                 yield batch
+        self._half_dump = (time.monotonic() - started) / 2
         self.decoder.end()
 
     def dump(

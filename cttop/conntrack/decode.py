@@ -186,7 +186,7 @@ def _protoinfo_state(buf: bytes, off: int, end: int) -> int | None:
 
 def decode_flow(buf: bytes, off: int, end: int, family: int, now: float = 0.0) -> Flow:
     """Decode the attributes in buf[off:end] (after the nfgenmsg header) into a Flow; `now` is
-    when the message was received (unix seconds): the flow expires CTA_TIMEOUT after it."""
+    the time of its dump (unix seconds): the flow expires CTA_TIMEOUT after it."""
     _bound_shared_ints()
     orig = reply = None
     protonum = None
@@ -265,7 +265,7 @@ def decode_flow(buf: bytes, off: int, end: int, family: int, now: float = 0.0) -
 
 
 def decode_message(buf: bytes, off: int, end: int, now: float = 0.0) -> Flow:
-    """Decode one whole netlink message (header included) at buf[off:end], received at unix
+    """Decode one whole netlink message (header included) at buf[off:end], of a dump at unix
     time `now`, into a Flow."""
     if end - off < NLMSG_HDR.size + NFGENMSG.size:
         raise DecodeError(f"message of {end - off} bytes is too short for a conntrack entry")
@@ -289,14 +289,14 @@ def decode_message(buf: bytes, off: int, end: int, now: float = 0.0) -> Flow:
 # known layout takes `decode_flow`, which stays the reference: the fast path yields exactly what
 # it would, or declines — but for `Flow.expires` of a reused decode (see `SAME_EXPIRY`).
 
-# CTA_TIMEOUT is whole seconds, rounded down, so the expiry worked out from it (receive time +
-# timeout) for an entry nothing happened to moves around within a second from dump to dump. A
+# CTA_TIMEOUT is whole seconds, rounded down, so the expiry worked out from it (the dump's time
+# + timeout) for an entry nothing happened to moves around within a second from dump to dump. A
 # cached flow whose expiry is less than SAME_EXPIRY away from the new one is the decode (the
-# same object: an idle entry costs no new Flow). Its seconds left, rounded (`Flow.timeout_at`),
-# are then the CTA_TIMEOUT just received, with 0.1 s to spare for the moment they are shown
-# at (the snapshot's time, a little off the receive time): what is shown does not depend on
-# which of the two flows it is. Further off (a refreshed timer, or polls a fraction of a second
-# out of step with the timeout's ticks) the flow is made anew.
+# same object: an idle entry costs no new Flow). Its seconds left at the dump's time, rounded
+# (`Flow.timeout_at`), are then the CTA_TIMEOUT just received, with 0.1 s to spare for the time
+# they are shown at (the snapshot's, which the dump's time only predicts): what is shown does
+# not depend on which of the two flows it is. Further off (a refreshed timer, or polls a
+# fraction of a second out of step with the timeout's ticks) the flow is made anew.
 SAME_EXPIRY: Final = 0.4
 
 _HASH_FINGERPRINTS: Final = sys.hash_info.width >= 64
@@ -608,7 +608,7 @@ def _compile_shape(
 ) -> _Shape | None:
     """A shape for messages laid out like buf[off:end]; what it does not fit goes to
     `miss()(..., shape.after)` (`miss` is a weak reference to the decoder's `_miss`).
-    `clock[0]` is when the message being decoded was received (see `FastDecoder.clock`)."""
+    `clock[0]` is the time of the dump being decoded (see `FastDecoder.clock`)."""
     b = _ShapeBuilder()
     try:
         fmt = b.learn(buf, off, end)
@@ -731,8 +731,8 @@ class FastDecoder:
     cache must not outlive the table: flows that are gone leave entries behind only until it
     is renewed, which a dump does every `_RENEW_EVERY` dumps, or sooner when the cache has
     doubled since the last renewal; its size follows the table's, and most dumps skip the
-    cost of building a new 250k-entry dict. Call `begin()` before a dump and
-    `end()` after it, and set `clock[0]` to the time each message was received (unix seconds).
+    cost of building a new 250k-entry dict. Call `begin()` before a dump and `end()` after
+    it, and set `clock[0]` to the time of the dump (unix seconds).
     """
 
     _RENEW_EVERY: Final = 8
@@ -746,8 +746,8 @@ class FastDecoder:
         self._dumps = 0
         self._kept = 0  # entries the last renewal kept
         self._renewing = False
-        # When the messages being decoded were received (unix seconds): what `Flow.expires`
-        # counts from. A list, read by the compiled shapes at each decode.
+        # The time of the dump being decoded (unix seconds): what `Flow.expires` counts from.
+        # A list, read by the compiled shapes at each decode.
         self.clock: list[float] = [0.0]
 
     @property

@@ -52,7 +52,7 @@ class Flow(NamedTuple):
     status: int | None = None  # CTA_STATUS bits
     state: int | None = None  # TCP/SCTP/DCCP protocol state number
     # When the kernel drops the entry unless a packet refreshes it: unix seconds, the
-    # CTA_TIMEOUT (seconds left) added to the time the message was received. An absolute time,
+    # CTA_TIMEOUT (seconds left) added to the time of the dump that sent it. An absolute time,
     # so that an entry nothing happened to decodes to the *same* Flow from poll to poll (see
     # `cttop.conntrack.decode.FastDecoder`); `timeout_at(now)` is the seconds left at `now`.
     expires: float | None = None

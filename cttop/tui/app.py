@@ -296,6 +296,8 @@ class CttopApp(App[int]):
         self.following = False  # the cursor follows its flow once the operator moved it
         self._keymap = keymap or {}
         self._timer = timer  # measures how long polls take (tests pass a fixed clock)
+        self._poll_started = 0.0  # self._timer() when the last poll was started
+        self._waited = 0.0  # how long the running poll waited for views of keys
         self.autopoll = autopoll  # False: polls only when asked (tests, screenshots)
 
     # --- layout -----------------------------------------------------------------------
@@ -351,11 +353,13 @@ class CttopApp(App[int]):
             self._poll_timer.stop()
             self._poll_timer = None
         self._polling = True
+        self._poll_started = self._timer()
         self._poll_worker()
 
     @work(thread=True, group="poll", exit_on_error=False)
     def _poll_worker(self) -> None:
         started = self._timer()
+        self._waited = 0.0  # for views of keys (see _yield_to_view): not the poll's own time
         # Drop the samples the screen no longer shows here, not on the UI thread: freeing a
         # big table takes tens of milliseconds.
         self._free_retired()
@@ -366,9 +370,9 @@ class CttopApp(App[int]):
             self.heap.after_poll()
         except Exception as e:  # shown in the header; polling goes on
             self.heap.after_poll()
-            self.call_from_thread(self._poll_failed, e, self._timer() - started)
+            self.call_from_thread(self._poll_failed, e, self._timer() - started - self._waited)
             return
-        self.call_from_thread(self._poll_done, shown, self._timer() - started)
+        self.call_from_thread(self._poll_done, shown, self._timer() - started - self._waited)
 
     def _poll_view(self, sample: Sample) -> Shown:
         """In the poll worker: the new sample's view for the settings as they are now, not as
@@ -417,12 +421,12 @@ class CttopApp(App[int]):
         self._polling = False
         self.polls += 1
         self.poll_ms = took * 1000
-        self.stretched = 2 * took > self.interval
+        self._stretch(took)
         self.error = None
         self._show(shown)
         if shown.settings != self.settings or (shown.cursor is None and self._followed()):
             self._reapply()
-        self._arm(took)
+        self._arm()
 
     def _poll_failed(self, error: Exception, took: float) -> None:
         self._polling = False
@@ -434,38 +438,50 @@ class CttopApp(App[int]):
         self.errors += 1
         self.error = str(error) or type(error).__name__
         self.poll_ms = took * 1000
+        self._stretch(took)
         self._render_header()
-        self._arm(took)
+        self._arm()
 
-    def _arm(self, took: float) -> None:
+    def _stretch(self, took: float) -> None:
+        """A poll that takes more than half the interval stretches it: the kernel's and our own
+        work stay under half of the machine's time (the header says so). To whole seconds:
+        polls in step with the ticks of the kernel's timeouts find the idle entries as they
+        left them, and the decoder reuses their flows (a poll 0.5 s out of step with the ticks
+        decodes every flow anew)."""
+        self.stretched = 2 * took > self.interval
+        self.effective_interval = float(math.ceil(2 * took)) if self.stretched else self.interval
+
+    def _arm(self) -> None:
         if self.paused or not self.autopoll:
             return
         delay = getattr(self.source, "delay", None)
         if callable(delay):
             wait = float(delay())  # a replay keeps the recording's own spacing
         else:
-            # A dump that takes more than half the interval stretches it: the kernel's and
-            # our own work stay under half of the machine's time (the header says so). To whole
-            # seconds: polls in step with the ticks of the kernel's timeouts find the idle
-            # entries as they left them, and the decoder reuses their flows (SAME_EXPIRY).
-            stretched = 2 * took > self.interval
-            self.effective_interval = float(math.ceil(2 * took)) if stretched else self.interval
-            wait = self.effective_interval - took
+            # Counted from the poll's start: the time it took to show does not shift the next.
+            wait = self.effective_interval - (self._timer() - self._poll_started)
         self._poll_timer = self.set_timer(max(0.05, wait), self.poll)
 
     # --- the view ---------------------------------------------------------------------
 
-    def _reapply(self) -> None:
-        """Recompute the view of the current sample (a key changed the settings)."""
+    def _reapply(self, **changes: Any) -> None:
+        """Recompute the view of the current sample, for the settings with `changes` made (a
+        key), or as they are."""
+        start = self.shown is not None and self._view_idle.is_set()
+        if start:
+            # Busy before the settings change: a poll's view, given up when it sees them
+            # change, waits for this one (see _poll_view) instead of running alongside it.
+            self._view_idle.clear()
+        if changes:
+            self.settings = replace(self.settings, **changes)
         if self.shown is None:
             self._render_header()
             return
-        if not self._view_idle.is_set():
+        if not start:
             # One computation at a time (two would share the CPU and both be late): the
             # one running is followed by one for the settings as they are by then.
             self._view_again = True
             return
-        self._view_idle.clear()
         self._view_worker(self.shown.sample, self.settings, self._followed())
 
     @work(thread=True, group="view", exit_on_error=False)
@@ -507,7 +523,10 @@ class CttopApp(App[int]):
     def _yield_to_view(self) -> None:
         """In the poll worker: wait while a key's view is being computed (bounded, so that a
         slow view cannot hold polling up)."""
-        self._view_idle.wait(0.5)
+        if not self._view_idle.is_set():
+            waiting = self._timer()
+            self._view_idle.wait(0.5)
+            self._waited += self._timer() - waiting
 
     def _view_done(self, shown: Shown | None) -> None:
         if (
@@ -615,9 +634,8 @@ class CttopApp(App[int]):
     # --- settings changes -------------------------------------------------------------
 
     def _change(self, **changes: Any) -> None:
-        self.settings = replace(self.settings, **changes)
+        self._reapply(**changes)
         self._render_header()
-        self._reapply()
 
     def set_sort(self, sort: str) -> None:
         if sort == self.settings.sort:
