@@ -758,20 +758,26 @@ async def test_shift_d_twice_while_its_flows_are_found_opens_one_dialog(
         assert all(f.protonum == IPPROTO_UDP for f in source.deleted)
 
 
+@pytest.mark.parametrize(
+    ("interval", "dump", "stretched"), [(1.0, 0.7, 2.0), (2.0, 1.7, 4.0), (0.25, 0.2, 0.5)]
+)
 async def test_a_slow_dump_stretches_the_interval_to_whole_seconds_from_the_polls_start(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, interval: float, dump: float, stretched: float
 ) -> None:
     """A poll taking more than half the interval stretches it (the header says so), to whole
-    seconds — polls in step with the ticks of the kernel's timeouts find idle entries as they
-    left them — counted from the poll's start, not from when its view was on screen."""
+    seconds (whole intervals below one second) — polls in step with the ticks of the kernel's
+    timeouts find idle entries as they left them — counted from the poll's start, not from
+    when its view was on screen."""
     clock = [100.0]
 
     class SlowDump(FakeSource):
         def snapshot(self) -> Any:
-            clock[0] += 0.7  # the dump
+            clock[0] += dump
             return super().snapshot()
 
-    app = CttopApp(SlowDump(), interval=1.0, label="demo", timer=lambda: clock[0], autopoll=True)
+    app = CttopApp(
+        SlowDump(), interval=interval, label="demo", timer=lambda: clock[0], autopoll=True
+    )
     waits: list[float] = []
     monkeypatch.setattr(app, "set_timer", lambda delay, callback: waits.append(delay))
     show = app._show
@@ -784,9 +790,10 @@ async def test_a_slow_dump_stretches_the_interval_to_whole_seconds_from_the_poll
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         assert app.polls == 1 and app.stretched
-        assert app.effective_interval == 2.0  # 2 x 0.7 s, up to the whole second
-        assert waits == [pytest.approx(2.0 - 0.9)]  # 2 s after the poll started
-        assert "every 1s → 2.0s" in header(app)[0]
+        assert app.effective_interval == stretched  # twice the dump, rounded up
+        assert waits == [pytest.approx(stretched - dump - 0.2)]  # after the poll started
+        if interval == 1.0:
+            assert "every 1s → 2.0s" in header(app)[0]
 
 
 async def test_a_key_gives_up_the_polls_view_of_the_settings_it_replaced(

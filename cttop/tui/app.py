@@ -444,12 +444,15 @@ class CttopApp(App[int]):
 
     def _stretch(self, took: float) -> None:
         """A poll that takes more than half the interval stretches it: the kernel's and our own
-        work stay under half of the machine's time (the header says so). To whole seconds:
-        polls in step with the ticks of the kernel's timeouts find the idle entries as they
-        left them, and the decoder reuses their flows (a poll 0.5 s out of step with the ticks
-        decodes every flow anew)."""
+        work stay under half of the machine's time (the header says so). To whole seconds
+        (whole intervals below one second): polls in step with the ticks of the kernel's
+        timeouts find the idle entries as they left them, and the decoder reuses their flows
+        (a poll 0.5 s out of step with the ticks decodes every flow anew)."""
         self.stretched = 2 * took > self.interval
-        self.effective_interval = float(math.ceil(2 * took)) if self.stretched else self.interval
+        unit = min(self.interval, 1.0)
+        self.effective_interval = (
+            math.ceil(2 * took / unit) * unit if self.stretched else self.interval
+        )
 
     def _arm(self) -> None:
         if self.paused or not self.autopoll:
