@@ -384,16 +384,16 @@ class CttopApp(App[int]):
         for attempt in range(_POLL_VIEW_TRIES):
             self._yield_to_view()
             settings = self.settings
-
-            def changed(settings: ViewSettings = settings) -> bool:
-                return self.settings is not settings
-
-            last = attempt == _POLL_VIEW_TRIES - 1
+            stop = None if attempt == _POLL_VIEW_TRIES - 1 else self._superseded(settings)
             try:
-                return self._compute(sample, settings, self._followed(), None if last else changed)
+                return self._compute(sample, settings, self._followed(), stop)
             except ViewAbandoned:
                 continue
         raise AssertionError("the last try has no stop")  # pragma: no cover
+
+    def _superseded(self, settings: ViewSettings) -> Callable[[], bool]:
+        """A view's stop: have the settings changed since `settings` (a key)?"""
+        return lambda: self.settings is not settings
 
     def _compute(
         self,
@@ -493,7 +493,7 @@ class CttopApp(App[int]):
         try:
             # Given up as soon as the settings change again (a filter typed key by key): the
             # view for the newer settings starts then, instead of after this one.
-            shown = self._compute(sample, settings, key, lambda: self.settings is not settings)
+            shown = self._compute(sample, settings, key, self._superseded(settings))
         except ViewAbandoned:
             pass
         finally:
