@@ -1,13 +1,18 @@
 """HeapPolicy: the cyclic collector kept away from the flow tables, and its occasional full
-collection kept away from the moments the operator is waiting for a key's effect."""
+collection kept away from the moments the operator is waiting for a key's effect; memory a poll
+freed given back to the system."""
 
 from __future__ import annotations
 
 import gc
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 
+from cttop import heap as heap_module
 from cttop.heap import HeapPolicy
 
 
@@ -83,3 +88,52 @@ def test_the_full_collection_frees_cycles_frozen_with_a_poll() -> None:
     clock.now += 600
     heap.after_poll()
     assert gone() is None and heap.full_collections == 1
+
+
+# In a process of its own (the allocator's state is process-wide): a big block freed, then one
+# of the size a 250k-flow dict's table has freed under a small one still in use — as a poll
+# frees the previous table under what it keeps. Prints resident MiB held by the freed block,
+# then what is still held after trim_heap().
+_FREED_UNDER_A_LIVE_BLOCK = """
+import json, os, sys
+from cttop.heap import tune_allocator, trim_heap
+
+def resident():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+if sys.argv[1] == "tuned":
+    tune_allocator()
+x = b"\\1" * (24 << 20)  # mapped, and freed: by default glibc raises its threshold past it
+del x
+before = resident()
+table = b"\\1" * (16 << 20)
+pin = b"\\1" * 300_000
+del table
+held = resident() - before
+trim_heap()
+print(json.dumps([held, resident() - before]))
+"""
+
+
+def _freed_block_held(mode: str) -> list[float]:
+    out = subprocess.run(
+        [sys.executable, "-c", _FREED_UNDER_A_LIVE_BLOCK, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    held: list[float] = json.loads(out)
+    return held
+
+
+@pytest.mark.skipif(heap_module._mallopt is None, reason="libc has no mallopt (not glibc)")
+def test_a_big_block_a_poll_frees_goes_back_to_the_system() -> None:
+    """By default glibc keeps a freed 16 MiB table resident (it served it from its heap, under
+    a block still in use); trim_heap() gives it back. Tuned, it is mapped on its own and given
+    back as it is freed."""
+    default_held, default_trimmed = _freed_block_held("default")
+    assert default_held > 12, "glibc kept nothing: the premise of tune_allocator is gone"
+    assert default_trimmed < 4
+    tuned_held, _ = _freed_block_held("tuned")
+    assert tuned_held < 4
