@@ -10,7 +10,7 @@ import errno
 import gc
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -211,12 +211,25 @@ class ConntrackClient:
         # is steady. Counted to that time, every flow shows the seconds left the kernel sent,
         # whether the decoder made it anew or reused it (decode.SAME_EXPIRY).
         started = time.monotonic()
-        self.decoder.clock[0] = time.time() + self._half_dump
+        wall = time.time()
         payload = nfgenmsg(flt.family) + flt.request_attrs()
+        # A cold decoder (the first dump) decodes every message in full, ~4x slower than the
+        # kernel dumps them: streamed, the kernel would wait for it and read the table over
+        # seconds instead of half of one, the dump's one time would be seconds off for the
+        # entries at its ends, and the next dump would decode them all again (a second table
+        # of Flows, whose memory the allocator keeps). So it is received whole first.
+        cold = self.decoder.cached == 0
         self.decoder.begin()
         with self._session() as sock:
             seq = sock.send(_CT | c.IPCTNL_MSG_CT_GET, NLM_F_DUMP, payload)
-            for data, offsets, ending in sock.dump_datagrams(seq, stats):
+            datagrams: Iterable[tuple[bytes, list[tuple[int, int]], tuple[int, int] | None]]
+            datagrams = sock.dump_datagrams(seq, stats)
+            half = self._half_dump
+            if cold:
+                datagrams = list(datagrams)
+                half = (time.monotonic() - started) / 2
+            self.decoder.clock[0] = wall + half
+            for data, offsets, ending in datagrams:
                 if fast:
                     # Nothing recorded, nothing to filter: one comprehension per datagram.
                     # A message too short or malformed sends the datagram the careful way.
@@ -248,7 +261,7 @@ class ConntrackClient:
                 if ending is not None and raw_sink is not None:
                     raw_sink(data[ending[0] : ending[1]])
                 yield batch
-        self._half_dump = (time.monotonic() - started) / 2
+        self._half_dump = half if cold else (time.monotonic() - started) / 2
         self.decoder.end()
 
     def dump(
