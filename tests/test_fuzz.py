@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cttop.conntrack import client as client_module
 from cttop.conntrack import const as c
 from cttop.conntrack.client import (
     ConntrackClient,
@@ -731,6 +732,23 @@ def test_dump_eperm_is_permission_denied() -> None:
     # A fresh client receives its first dump whole before decoding it: nothing came out.
     assert flows_seen == []
     assert sock.closed and client._sock is None  # never reuse a half-read socket
+
+
+def test_a_dump_received_whole_is_let_go_as_it_is_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cold client's dump, received whole, is handed out in order, and each datagram
+    handed out is no longer held by the client; the heap is trimmed every few hundred."""
+    trims: list[int] = []
+    monkeypatch.setattr(client_module, "trim_heap", lambda: trims.append(len(received)))
+    items = [(bytes([i % 256]) * 8, [(0, 8)], None) for i in range(600)]
+    received = list(items)
+    seen = []
+    for item in client_module._drained(received):
+        seen.append(item)
+        assert len(received) == len(items) - len(seen)
+    assert seen == items
+    assert trims == [512, 256, 0]
 
 
 def test_netlink_responses_eperm() -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from cttop.conntrack import const as c
 from cttop.conntrack.decode import DecodeError, FastDecoder, decode_tuple
 from cttop.conntrack.model import Flow, FlowFeed, FlowKey, Snapshot, Tuple
+from cttop.heap import trim_heap
 from cttop.netlink import (
     NFGENMSG,
     NLM_F_ACK,
@@ -129,6 +130,22 @@ class DumpFilter:
 RawSink = Callable[[bytes], None]
 
 
+_Datagram = tuple[bytes, list[tuple[int, int]], "tuple[int, int] | None"]
+_TRIM_EVERY = 256  # datagrams (~8 MiB)
+
+
+def _drained(received: list[_Datagram]) -> Iterator[_Datagram]:
+    """The datagrams of a dump received whole, in order, each let go once the next is asked
+    for, the C heap trimmed as they go: the dump's bytes (62 MiB at 250k flows) and the flows
+    decoded from them are not all resident at once."""
+    received.reverse()
+    pop = received.pop
+    while received:
+        yield pop()
+        if len(received) % _TRIM_EVERY == 0:
+            trim_heap()
+
+
 class ConntrackClient:
     """One ctnetlink session. Not thread-safe: one request at a time.
 
@@ -222,11 +239,10 @@ class ConntrackClient:
         self.decoder.begin()
         with self._session() as sock:
             seq = sock.send(_CT | c.IPCTNL_MSG_CT_GET, NLM_F_DUMP, payload)
-            datagrams: Iterable[tuple[bytes, list[tuple[int, int]], tuple[int, int] | None]]
-            datagrams = sock.dump_datagrams(seq, stats)
+            datagrams: Iterable[_Datagram] = sock.dump_datagrams(seq, stats)
             half = self._half_dump
             if cold:
-                datagrams = list(datagrams)
+                datagrams = _drained(list(datagrams))
                 half = (time.monotonic() - started) / 2
             self.decoder.clock[0] = wall + half
             for data, offsets, ending in datagrams:
