@@ -150,7 +150,7 @@ class Sample:
         step: int,
     ) -> None:
         self.snapshot = snapshot
-        self.rows = rows  # in the snapshot's order
+        self.rows = rows  # in the dump's order
         self.interval = interval  # monotonic seconds since the previous snapshot, if usable
         self.totals = totals
         self.step = step  # 1 for the first snapshot a Sampler saw
@@ -165,7 +165,8 @@ class Sample:
     def row(self, key: FlowKey) -> FlowRow | None:
         """The row of one flow (the TUI keeps its selection by key across samples)."""
         if self._index is None:
-            self._index = {key: i for i, key in enumerate(self.snapshot.flows)}
+            # (The rows are in the dump's order, which the snapshot's dict need not keep.)
+            self._index = {(f.zone, f.orig, f.id): i for i, f in enumerate(self.rows.flows)}
         i = self._index.get(key)
         return None if i is None else self.rows[i]
 
@@ -269,21 +270,30 @@ class StepFeed:
         self.restarted = 0
         self.idle = False  # some rate is ZERO_RATE (to be undone if the step has no interval)
         self.dirty = False
-        # The flows in the order added (the dict's order while no key came twice) and their
-        # (protocol, state) counted, a batch at a time while the dump arrives.
+        # The flows in the order added (the dump's: the rows' order) and their (protocol,
+        # state) counted, a batch at a time while the dump arrives.
         self.listed: list[Flow] = []
         self.pairs: Counter[tuple[int, int | None]] = Counter()
 
     def add(self, flows: dict[FlowKey, Flow], batch: list[Flow]) -> None:
         """Put the next flows of a dump into the snapshot's dict `flows` (by key; a key that
         comes again replaces its earlier copy, which the step then redoes from the snapshot)
-        and diff them. Building the dict here saves a second pass over every flow."""
+        and diff them. Building the dict here saves a second pass over every flow. `end`
+        must follow the last batch."""
         if self.pause is not None:
             self.pause()
-        before = len(flows)
         gone = self.gone
         if gone is None:
             gone = self.gone = self._prev.copy()
+            # The snapshot's dict starts as the previous table: a flow found again is stored
+            # under the key it already had (a dict keeps its key when the value is replaced),
+            # and the key made here to look it up is dropped at once. Consecutive samples
+            # share their keys (a steady 250k table otherwise makes 250k key tuples a poll,
+            # 15 MiB, while the shown sample's are alive), and the dict is never resized on
+            # the way. What is left of `gone` when the dump ends vanished: `end` takes it out.
+            if flows:
+                raise ValueError("a feed fills an empty dict")
+            flows.update(gone)
         take = gone.pop
         vanished = self._vanished
         rates = self.rates
@@ -293,9 +303,14 @@ class StepFeed:
         oldest = self._step + 1 - self._keep
         for f in batch:
             key = (f.zone, f.orig, f.id)
-            flows[key] = f
             p = take(key, None)
             if p is None:
+                if key in flows:
+                    # Already in this dump (the kernel's dump is not a snapshot): the later
+                    # copy is kept, and this batch's diff is wrong for it; the step redoes the
+                    # whole diff.
+                    self.dirty = True
+                flows[key] = f
                 back = vanished.get(key) if vanished else None
                 if back is not None and back[2] >= oldest:
                     self.returned.append((len(rates), key, f))
@@ -305,6 +320,7 @@ class StepFeed:
                         self.no_counters += 1
                 append(None)
                 continue
+            flows[key] = f
             ob = f.orig_bytes
             rb = f.reply_bytes
             op = f.orig_packets
@@ -329,14 +345,17 @@ class StepFeed:
             append(None)
         if idle:
             self.idle = True
-        if len(flows) - before != len(batch):
-            # A key came again (the kernel's dump is not a snapshot): the later copy is in
-            # `flows`, and this batch's diff is wrong for it; the step redoes the whole diff.
-            self.dirty = True
         self.listed += batch
         self.pairs.update(map(_proto_and_state, batch))
-        self.count = len(flows)
         self.flows = flows
+
+    def end(self, flows: dict[FlowKey, Flow]) -> None:
+        """The dump is complete: the previous table's flows it did not bring are taken out of
+        `flows` (they vanished; `gone` still holds them for the step)."""
+        if self.gone is not None and self.flows is flows:
+            for key in self.gone:
+                del flows[key]
+        self.count = len(flows)
 
     def fits(self, sampler: Sampler, flows: dict[FlowKey, Flow]) -> bool:
         """Was this feed given exactly `flows`, against `sampler` as it is now?"""
@@ -411,8 +430,15 @@ class Sampler:
         """
         flows = snapshot.flows
         if fed is None or not fed.fits(self, flows):
+            dumped = list(flows.values())
+            if fed is not None and fed.dirty and fed.flows is flows:
+                # A key came twice: the rows stay in the dump's order (each flow where its
+                # key came first, as its last copy), which the dict does not keep.
+                dumped = list({(f.zone, f.orig, f.id): f for f in fed.listed}.values())
             fed = StepFeed(self)
-            fed.add({}, list(flows.values()))
+            redone: dict[FlowKey, Flow] = {}
+            fed.add(redone, dumped)
+            fed.end(redone)
         self._step += 1
         step = self._step
         now = snapshot.time_monotonic

@@ -444,6 +444,9 @@ def test_a_hash_resize_during_a_dump_loses_no_flow(netns_factory: Any) -> None:
                     for f in batch:
                         flows[f.key] = f
 
+                def end(self, flows: dict[Any, Any]) -> None:
+                    pass
+
             snap = client.snapshot(feed=ResizeOnce())
             assert resized == [original]
         assert snap.table_count == n

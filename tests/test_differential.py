@@ -368,6 +368,9 @@ class _SlowFeed:
         for f in batch:
             flows[f.key] = f
 
+    def end(self, flows: dict[FlowKey, CtFlow]) -> None:
+        pass
+
 
 def test_the_first_dump_is_read_whole_so_the_second_reuses_its_flows(
     netns_factory: Callable[..., NetNS],

@@ -482,3 +482,43 @@ def test_flow_histories_beyond_the_budget_start_when_a_ring_frees_up():
     sampler.step(snapshot(4.0, flow((60, 0, 3, 0), id=2)))
     assert sampler.history(b) == [30.0, 0.0]
     assert len(sampler._rings) == 1
+
+
+# --- the fed step's dict ----------------------------------------------------------------------
+
+
+def _fed_poll(sampler: Sampler, t: float, *batches: list[Flow]):
+    """One poll as a live source takes it: the flows fed batch by batch into the dict the
+    snapshot carries."""
+    fed = sampler.feed()
+    flows: dict[FlowKey, Flow] = {}
+    for batch in batches:
+        fed.add(flows, batch)
+    fed.end(flows)
+    return sampler.step(Snapshot(t, 1_700_000_000.0 + t, flows, None, None), fed)
+
+
+def test_a_flow_found_again_keeps_its_key_object() -> None:
+    """Consecutive samples share the keys of the flows they share (a 250k table makes no
+    250k new key tuples a poll); what vanished is out of the dict, what is new is in, and the
+    rows keep the dump's order."""
+    a, b, c = flow(id=1), flow(id=2, sport=40001), flow(id=3, sport=40002)
+    sampler = Sampler()
+    first = _fed_poll(sampler, 0.0, [a, b])
+    # The same entries dumped again are new objects with equal keys.
+    a2, b2 = flow((10, 0, 1, 0), id=1), flow(id=2, sport=40001)
+    second = _fed_poll(sampler, 1.0, [c], [b2, a2])
+    keys = {k: k for k in first.snapshot.flows}
+    assert set(second.snapshot.flows) == {a.key, b.key, c.key}
+    assert [keys[k] is k for k in second.snapshot.flows if k in keys] == [True, True]
+    assert second.rows.flows == [c, b2, a2]
+    assert second.row(a.key) == FlowRow(a2, Rate(10.0, 0.0, 1.0, 0.0))
+    third = _fed_poll(sampler, 2.0, [a2])  # b and c vanished
+    assert list(third.snapshot.flows) == [a.key]
+    assert third.totals.vanished == 2
+
+
+def test_a_feed_fills_an_empty_dict() -> None:
+    fed = Sampler().feed()
+    with pytest.raises(ValueError, match="empty dict"):
+        fed.add({A: flow()}, [flow()])

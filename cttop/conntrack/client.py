@@ -352,6 +352,7 @@ class ConntrackClient:
             else:
                 for batch in self.dump_batches(stats, raw_sink):
                     feed.add(flows, batch)
+                feed.end(flows)
         finally:
             if gc_was_enabled:
                 gc.enable()

@@ -153,5 +153,9 @@ class FlowFeed(Protocol):
         """The dump starts (again): forget what was added."""
 
     def add(self, flows: dict[FlowKey, Flow], batch: list[Flow]) -> None:
-        """Put the next flows of the dump into the snapshot's dict `flows`, by key (a key that
-        comes again replaces its earlier copy), and take them in."""
+        """Put the next flows of the dump into the snapshot's dict `flows` (empty before the
+        first batch), by key (a key that comes again replaces its earlier copy), and take
+        them in."""
+
+    def end(self, flows: dict[FlowKey, Flow]) -> None:
+        """The dump is complete: `flows` must now hold exactly its flows."""
