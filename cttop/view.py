@@ -14,7 +14,7 @@ import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from itertools import compress, repeat
-from operator import and_, attrgetter, is_, is_not, itemgetter, ne, not_, or_
+from operator import and_, attrgetter, eq, is_, is_not, itemgetter, ne, not_, or_
 from typing import Any, NamedTuple
 
 from cttop.conntrack.const import (
@@ -840,7 +840,8 @@ _ADDRESSES = tuple(attrgetter(f"{d}.{a}") for d in ("orig", "reply") for a in ("
 
 
 def _c_rate(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
-    return [None if r is None else r[0] + r[1] for r in rates]
+    # (The idle flows' shared ZERO_RATE gives the one 0.0: no float made per idle flow.)
+    return [None if r is None else 0.0 if r is ZERO_RATE else r[0] + r[1] for r in rates]
 
 
 def _c_orig_rate(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
@@ -935,10 +936,44 @@ def sort_flows(
     spec = _sort_key(sort)
     table = FlowRows.of(rows)
     flows, rates = table.flows, table.rates
-    order = _order(_FLOW_COLUMNS[spec.name](flows, rates), spec.descending != reverse)
+    column = _FLOW_COLUMNS[spec.name]
+    descending = spec.descending != reverse
+    values = column(flows, rates)
+    if column in _RATE_VALUES:
+        out = _by_rate(flows, rates, values, descending)
+        if out is not None:
+            return out if limit is None else out[:limit]
+    order = _order(values, descending)
     if limit is not None:
         del order[limit:]
     return FlowRows(list(map(flows.__getitem__, order)), list(map(rates.__getitem__, order)))
+
+
+def _by_rate(
+    flows: list[Flow], rates: list[Rate | None], values: list[Any], descending: bool
+) -> FlowRows | None:
+    """What `_order` would give for a rate column, without an index per flow: a rate is never
+    negative, so the flows at 0 (most of a big table: idle) are one run at the low end, kept
+    in their order as a stable sort keeps them; only the moving ones are sorted. None for
+    rates the Sampler does not make (negative)."""
+    moving = list(compress(range(len(values)), values))  # neither None nor 0
+    if moving and min(map(values.__getitem__, moving)) < 0:
+        return None
+    moving.sort(key=values.__getitem__, reverse=descending)
+    moving_flows = list(map(flows.__getitem__, moving))
+    moving_rates = list(map(rates.__getitem__, moving))
+    zero = list(map(eq, values, repeat(0.0)))
+    idle_flows = list(compress(flows, zero))
+    idle_rates = list(compress(rates, zero))
+    if descending:
+        out_flows, out_rates = moving_flows + idle_flows, moving_rates + idle_rates
+    else:
+        out_flows, out_rates = idle_flows + moving_flows, idle_rates + moving_rates
+    if len(out_flows) < len(flows):  # the flows without a rate, last either way
+        absent = list(map(is_, values, repeat(None)))
+        out_flows += compress(flows, absent)
+        out_rates += compress(rates, absent)
+    return FlowRows(out_flows, out_rates)
 
 
 # ---------------------------------------------------------------------------------------------

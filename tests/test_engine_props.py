@@ -332,6 +332,28 @@ def test_a_filter_mask_is_the_predicate_over_a_list(fs, ts):
             assert matches(p, fs) == [bool(p(f)) for f in fs]
 
 
+_RATE_OF = {
+    "rate": lambda r: r[0] + r[1],
+    "orig_rate": lambda r: r[0],
+    "reply_rate": lambda r: r[1],
+}
+
+
+@given(flow_rows(), st.sampled_from(sorted(_RATE_OF)), st.booleans())
+def test_a_rate_sort_is_a_stable_sort_with_the_absent_last(rows, key, reverse):
+    """Sorting by a rate (which skips an index per idle flow) orders the rows exactly as a
+    stable sort of the values does, the rows without a rate last in their order: zeros that
+    are ZERO_RATE and zeros that are not, ties, negative rates alike."""
+    value = _RATE_OF[key]
+    descending = SORT_KEYS[key].descending != reverse
+    present = [i for i, r in enumerate(rows.rates) if r is not None]
+    present.sort(key=lambda i: value(rows.rates[i]), reverse=descending)
+    order = present + [i for i, r in enumerate(rows.rates) if r is None]
+    assert sort_flows(rows, key, reverse) == FlowRows(
+        [rows.flows[i] for i in order], [rows.rates[i] for i in order]
+    )
+
+
 @given(
     flow_rows(),
     st.lists(
