@@ -320,15 +320,22 @@ class StepFeed:
                         self.no_counters += 1
                 append(None)
                 continue
-            flows[key] = f
             ob = f.orig_bytes
             rb = f.reply_bytes
             op = f.orig_packets
             rp = f.reply_packets
             if ob is None or rb is None or op is None or rp is None:
+                flows[key] = f
                 self.no_counters += 1
                 append(None)
                 continue
+            if p is f:
+                # Most of a big table: the decoder gave back the last poll's Flow (nothing
+                # moved), which the dict already holds under this key.
+                append(ZERO_RATE)
+                idle = True
+                continue
+            flows[key] = f
             pob = p.orig_bytes
             prb = p.reply_bytes
             pop = p.orig_packets
