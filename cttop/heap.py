@@ -63,16 +63,18 @@ class HeapPolicy:
         trim_heap()
 
 
-def _libc_function(name: str) -> Callable[..., int] | None:
+def _libc_function(name: str, *argtypes: type[Any]) -> Callable[..., int] | None:
     try:
-        function: Callable[..., int] = getattr(ctypes.CDLL(None), name)
-    except (OSError, AttributeError):  # not glibc (musl has neither): nothing to do
+        function = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError, TypeError):  # not glibc (musl has neither): nothing to do
         return None
-    return function
+    function.argtypes = argtypes
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
 
 
-_malloc_trim = _libc_function("malloc_trim")
-_mallopt = _libc_function("mallopt")
+_malloc_trim = _libc_function("malloc_trim", ctypes.c_size_t)
+_mallopt = _libc_function("mallopt", ctypes.c_int, ctypes.c_int)
 _M_MMAP_THRESHOLD = -3
 # Blocks from this size up get their own mapping, returned to the system when freed.
 MMAP_THRESHOLD = 16 << 20

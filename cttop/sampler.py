@@ -224,10 +224,12 @@ class StepFeed:
     __slots__ = (
         "_keep",
         "_prev",
+        "_shares_keys",
         "_step",
         "_vanished",
         "count",
         "dirty",
+        "ended",
         "flows",
         "gone",
         "idle",
@@ -243,8 +245,10 @@ class StepFeed:
         "returned",
     )
 
-    def __init__(self, sampler: Sampler) -> None:
+    def __init__(self, sampler: Sampler, shares_keys: bool = True) -> None:
+        """`shares_keys`: the dict it fills becomes the snapshot's (see `add`)."""
         self._prev = sampler._prev_flows
+        self._shares_keys = shares_keys
         self._step = sampler._step
         self._vanished = sampler._vanished
         self._keep = sampler.keep_vanished
@@ -266,6 +270,7 @@ class StepFeed:
         self.moved: list[tuple[int, FlowKey, int, int, int, int]] = []
         self.count = 0
         self.flows: dict[FlowKey, Flow] | None = None
+        self.ended = False
         self.no_counters = 0
         self.restarted = 0
         self.idle = False  # some rate is ZERO_RATE (to be undone if the step has no interval)
@@ -283,6 +288,7 @@ class StepFeed:
         if self.pause is not None:
             self.pause()
         gone = self.gone
+        shares = self._shares_keys
         if gone is None:
             gone = self.gone = self._prev.copy()
             # The snapshot's dict starts as the previous table: a flow found again is stored
@@ -293,7 +299,8 @@ class StepFeed:
             # the way. What is left of `gone` when the dump ends vanished: `end` takes it out.
             if flows:
                 raise ValueError("a feed fills an empty dict")
-            flows.update(gone)
+            if shares:
+                flows.update(gone)
         take = gone.pop
         vanished = self._vanished
         rates = self.rates
@@ -329,7 +336,7 @@ class StepFeed:
                 self.no_counters += 1
                 append(None)
                 continue
-            if p is f:
+            if p is f and shares:
                 # Most of a big table: the decoder gave back the last poll's Flow (nothing
                 # moved), which the dict already holds under this key.
                 append(ZERO_RATE)
@@ -359,15 +366,19 @@ class StepFeed:
     def end(self, flows: dict[FlowKey, Flow]) -> None:
         """The dump is complete: the previous table's flows it did not bring are taken out of
         `flows` (they vanished; `gone` still holds them for the step)."""
-        if self.gone is not None and self.flows is flows:
+        if self.ended:
+            return
+        if self._shares_keys and self.gone is not None and self.flows is flows:
             for key in self.gone:
                 del flows[key]
         self.count = len(flows)
+        self.ended = True
 
     def fits(self, sampler: Sampler, flows: dict[FlowKey, Flow]) -> bool:
         """Was this feed given exactly `flows`, against `sampler` as it is now?"""
         return (
             not self.dirty
+            and self.ended
             and self._step == sampler._step
             and self._prev is sampler._prev_flows
             and self.flows is flows
@@ -432,17 +443,20 @@ class Sampler:
     def step(self, snapshot: Snapshot, fed: StepFeed | None = None) -> Sample:
         """Diff `snapshot` against the previous one. O(flows): one dict lookup per flow.
 
-        `fed`: a `feed()` that was given exactly `snapshot.flows`, in order, since this
+        `fed`: a `feed()` that filled `snapshot.flows` as the dump arrived, since this
         sampler's last step; anything else (or None) and the flows are diffed here.
         """
         flows = snapshot.flows
+        if fed is not None and fed.flows is flows and not fed.ended:
+            fed.end(flows)  # (its dump's owner did not: the dict still holds what vanished)
         if fed is None or not fed.fits(self, flows):
             dumped = list(flows.values())
-            if fed is not None and fed.dirty and fed.flows is flows:
-                # A key came twice: the rows stay in the dump's order (each flow where its
-                # key came first, as its last copy), which the dict does not keep.
+            if fed is not None and fed.flows is flows:
+                # A key came twice, or the sampler moved on meanwhile: the rows stay in the
+                # dump's order (each flow where its key came first, as its last copy), which
+                # the dict does not keep.
                 dumped = list({(f.zone, f.orig, f.id): f for f in fed.listed}.values())
-            fed = StepFeed(self)
+            fed = StepFeed(self, shares_keys=False)  # (its dict is thrown away)
             redone: dict[FlowKey, Flow] = {}
             fed.add(redone, dumped)
             fed.end(redone)

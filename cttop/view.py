@@ -14,7 +14,7 @@ import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from itertools import compress, repeat
-from operator import and_, attrgetter, eq, is_, is_not, itemgetter, ne, not_, or_
+from operator import and_, attrgetter, eq, is_, is_not, itemgetter, le, ne, not_, or_
 from typing import Any, NamedTuple
 
 from cttop.conntrack.const import (
@@ -955,9 +955,9 @@ def _by_rate(
     """What `_order` would give for a rate column, without an index per flow: a rate is never
     negative, so the flows at 0 (most of a big table: idle) are one run at the low end, kept
     in their order as a stable sort keeps them; only the moving ones are sorted. None for
-    rates the Sampler does not make (negative)."""
+    rates the Sampler does not make (negative, NaN)."""
     moving = list(compress(range(len(values)), values))  # neither None nor 0
-    if moving and min(map(values.__getitem__, moving)) < 0:
+    if not all(map(le, repeat(0.0), map(values.__getitem__, moving))):  # negative, NaN
         return None
     moving.sort(key=values.__getitem__, reverse=descending)
     moving_flows = list(map(flows.__getitem__, moving))

@@ -389,6 +389,7 @@ def test_the_first_dump_is_read_whole_so_the_second_reuses_its_flows(
         try:
             started = time.time()
             first = client.snapshot(feed=_SlowFeed())
+            stamp = client.decoder.clock[0]  # what its expiries count from
             time.sleep(max(0.0, started + 3.0 - time.time()))  # whole seconds: in step
             second = client.snapshot()
         finally:
@@ -397,3 +398,7 @@ def test_the_first_dump_is_read_whole_so_the_second_reuses_its_flows(
     same = sum(1 for k, f in second.flows.items() if first.flows.get(k) is f)
     # Each idle entry's stamp is a few ms off the second: rarely, a tick falls in between.
     assert same >= 0.95 * n, f"{same} of {n} reused"
+    # The snapshot's time (what rates count from) is when the kernel read the table, not
+    # the middle of the receiving and the slow decoding after it.
+    assert abs(first.time_wall - stamp) < 0.05
+    assert first.time_wall < started + 0.5

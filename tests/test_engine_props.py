@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cttop import view as view_module
 from cttop.conntrack.const import (
     AF_INET,
     AF_INET6,
@@ -339,8 +340,13 @@ _RATE_OF = {
 }
 
 
-@given(flow_rows(), st.sampled_from(sorted(_RATE_OF)), st.booleans())
-def test_a_rate_sort_is_a_stable_sort_with_the_absent_last(rows, key, reverse):
+@given(
+    flow_rows(),
+    st.sampled_from(sorted(_RATE_OF)),
+    st.booleans(),
+    st.one_of(st.none(), st.integers(0, 30)),
+)
+def test_a_rate_sort_is_a_stable_sort_with_the_absent_last(rows, key, reverse, limit):
     """Sorting by a rate (which skips an index per idle flow) orders the rows exactly as a
     stable sort of the values does, the rows without a rate last in their order: zeros that
     are ZERO_RATE and zeros that are not, ties, negative rates alike."""
@@ -348,9 +354,24 @@ def test_a_rate_sort_is_a_stable_sort_with_the_absent_last(rows, key, reverse):
     descending = SORT_KEYS[key].descending != reverse
     present = [i for i, r in enumerate(rows.rates) if r is not None]
     present.sort(key=lambda i: value(rows.rates[i]), reverse=descending)
-    order = present + [i for i, r in enumerate(rows.rates) if r is None]
-    assert sort_flows(rows, key, reverse) == FlowRows(
+    order = (present + [i for i, r in enumerate(rows.rates) if r is None])[:limit]
+    assert sort_flows(rows, key, reverse, limit) == FlowRows(
         [rows.flows[i] for i in order], [rows.rates[i] for i in order]
+    )
+
+
+def test_a_rate_sort_with_a_nan_sorts_as_before() -> None:
+    """NaN is no rate the Sampler makes, and has no order: such rows get the full sort."""
+    nan = math.nan
+    one = Flow(
+        AF_INET, 17, Tuple("10.0.0.1", "10.0.0.2", 1, 53), Tuple("10.0.0.2", "10.0.0.1", 53, 1)
+    )
+    flows = [one._replace(use=i) for i in range(5)]
+    rates = [Rate(1.0, 0, 0, 0), Rate(nan, 0, 0, 0), ZERO_RATE, Rate(-1.0, 0, 0, 0), None]
+    rows = FlowRows(flows, rates)
+    order = view_module._order([None if r is None else r[0] + r[1] for r in rates], True)
+    assert sort_flows(rows, "rate") == FlowRows(
+        [flows[i] for i in order], [rates[i] for i in order]
     )
 
 

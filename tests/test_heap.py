@@ -90,6 +90,19 @@ def test_the_full_collection_frees_cycles_frozen_with_a_poll() -> None:
     assert gone() is None and heap.full_collections == 1
 
 
+def test_the_policy_sets_up_the_allocator_and_trims_after_each_poll(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(heap_module, "tune_allocator", lambda: calls.append("tune"))
+    monkeypatch.setattr(heap_module, "trim_heap", lambda: calls.append("trim"))
+    heap = HeapPolicy(clock=Clock())
+    assert calls == ["tune"]
+    heap.before_poll()
+    heap.after_poll()
+    assert calls == ["tune", "trim"]
+
+
 # In a process of its own (the allocator's state is process-wide): a big block freed, then a
 # table (a 1M-flow dict's is 40 MiB) freed under a small block still in use — as a poll frees
 # the previous table under what it keeps. Prints resident MiB held by the freed table, then

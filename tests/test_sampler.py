@@ -518,6 +518,20 @@ def test_a_flow_found_again_keeps_its_key_object() -> None:
     assert third.totals.vanished == 2
 
 
+def test_a_feed_nobody_ended_is_ended_by_the_step() -> None:
+    """A FlowFeed's owner calls end() after the dump; if it did not, the step does, and what
+    vanished still leaves the snapshot's dict."""
+    a, b = flow(id=1), flow(id=2, sport=40001)
+    sampler = Sampler()
+    _fed_poll(sampler, 0.0, [a, b])
+    fed = sampler.feed()
+    flows: dict[FlowKey, Flow] = {}
+    fed.add(flows, [a])
+    sample = sampler.step(Snapshot(1.0, 1_700_000_001.0, flows, None, None), fed)
+    assert flows == {a.key: a} and sample.rows.flows == [a]
+    assert sample.totals.vanished == 1 and sample.row(a.key) == FlowRow(a, ZERO_RATE)
+
+
 def test_a_feed_fills_an_empty_dict() -> None:
     fed = Sampler().feed()
     with pytest.raises(ValueError, match="empty dict"):

@@ -157,6 +157,9 @@ class ConntrackClient:
         self.filter = dump_filter or DumpFilter()
         self.decoder = FastDecoder()
         self._half_dump = 0.0  # half the last dump's length, seconds (see dump_batches)
+        # Monotonic times between which the kernel read the last dump's entries: a dump
+        # received whole (see dump_batches) is read by then, however long its decoding takes.
+        self.last_read = (0.0, 0.0)
         self._sock: NetlinkSocket | None = None
         self._open()
 
@@ -241,9 +244,11 @@ class ConntrackClient:
             seq = sock.send(_CT | c.IPCTNL_MSG_CT_GET, NLM_F_DUMP, payload)
             datagrams: Iterable[_Datagram] = sock.dump_datagrams(seq, stats)
             half = self._half_dump
+            received = 0.0
             if cold:
                 datagrams = _drained(list(datagrams))
-                half = (time.monotonic() - started) / 2
+                received = time.monotonic()
+                half = (received - started) / 2
             self.decoder.clock[0] = wall + half
             for data, offsets, ending in datagrams:
                 if fast:
@@ -277,7 +282,9 @@ class ConntrackClient:
                 if ending is not None and raw_sink is not None:
                     raw_sink(data[ending[0] : ending[1]])
                 yield batch
-        self._half_dump = half if cold else (time.monotonic() - started) / 2
+        ended = received if cold else time.monotonic()
+        self._half_dump = (ended - started) / 2
+        self.last_read = (started, ended)
         self.decoder.end()
 
     def dump(
@@ -342,7 +349,6 @@ class ConntrackClient:
         gc.disable()
         if feed is not None:
             feed.begin()
-        started = time.monotonic()
         try:
             if feed is None:
                 for batch in self.dump_batches(stats, raw_sink):
@@ -356,7 +362,7 @@ class ConntrackClient:
         finally:
             if gc_was_enabled:
                 gc.enable()
-        return flows, started, time.monotonic()
+        return flows, *self.last_read
 
     def snapshot(
         self,
