@@ -513,6 +513,7 @@ def test_a_flow_found_again_keeps_its_key_object() -> None:
     assert [keys[k] is k for k in second.snapshot.flows if k in keys] == [True, True]
     assert second.rows.flows == [c, b2, a2]
     assert second.row(a.key) == FlowRow(a2, Rate(10.0, 0.0, 1.0, 0.0))
+    assert second.row(c.key) == FlowRow(c, None) and second.row(flow(id=9).key) is None
     third = _fed_poll(sampler, 2.0, [a2])  # b and c vanished
     assert list(third.snapshot.flows) == [a.key]
     assert third.totals.vanished == 2
