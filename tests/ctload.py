@@ -46,7 +46,7 @@ if __package__ in (None, ""):  # run as a script: the checkout's cttop and tests
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cttop.conntrack import const as c
-from cttop.conntrack.client import encode_tuple, nfgenmsg
+from cttop.conntrack.client import ConntrackClient, encode_tuple, nfgenmsg
 from cttop.conntrack.model import Flow, Tuple
 from cttop.netlink import (
     NETLINK_NETFILTER,
@@ -242,6 +242,15 @@ class CtWriter:
 
 
 # --- the churn process --------------------------------------------------------------------------
+
+
+def filled(path: str, n: int, mark: int) -> ConntrackClient:
+    """Insert entries synth(0..n-1, mark) into the namespace at `path`; returns a client whose
+    socket reads that namespace (from any thread)."""
+    with inside(path):
+        with CtWriter() as w:
+            assert w.insert(synth(i, mark) for i in range(n)) == 0, dict(w.errors)
+        return ConntrackClient()
 
 
 def churn(seconds: float, rate: int, window: int, mark: int, flush_every: float) -> dict:

@@ -26,7 +26,7 @@ from cttop.conntrack.decode import FLOW_MESSAGE_TYPES, decode_message
 from cttop.conntrack.model import Flow as CtFlow
 from cttop.conntrack.model import FlowKey
 from cttop.fmt import flow_json
-from tests.ctload import CtWriter, inside, synth
+from tests.ctload import filled, inside
 from tests.ctref import compare_flow, match_flows, parse_conntrack_list
 from tests.lab import MIX_SIZE, populate_mix
 from tests.netns import NetNS
@@ -381,19 +381,15 @@ def test_the_first_dump_is_read_whole_so_the_second_reuses_its_flows(
     next poll, in step, would decode every entry again. Received whole first, the dump takes
     the kernel's own time and the next poll reuses the idle entries' Flows."""
     n = 40_000
-    ns = netns_factory(track=False)
-    with inside(ns.path):
-        with CtWriter() as w:
-            assert w.insert(synth(i, 0x55) for i in range(n)) == 0, dict(w.errors)
-        client = ConntrackClient()
-        try:
-            started = time.time()
-            first = client.snapshot(feed=_SlowFeed())
-            stamp = client.decoder.clock[0]  # what its expiries count from
-            time.sleep(max(0.0, started + 3.0 - time.time()))  # whole seconds: in step
-            second = client.snapshot()
-        finally:
-            client.close()
+    client = filled(netns_factory(track=False).path, n, 0x55)
+    try:
+        started = time.time()
+        first = client.snapshot(feed=_SlowFeed())
+        stamp = client.decoder.clock[0]  # what its expiries count from
+        time.sleep(max(0.0, started + 3.0 - time.time()))  # whole seconds: in step
+        second = client.snapshot()
+    finally:
+        client.close()
     assert len(first.flows) == len(second.flows) == n
     same = sum(1 for k, f in second.flows.items() if first.flows.get(k) is f)
     # Each idle entry's stamp is a few ms off the second: rarely, a tick falls in between.

@@ -45,7 +45,7 @@ from cttop.tui.header import Header, notices_for
 from cttop.tui.screens import ConfirmScreen
 from cttop.tui.table import FlowTable
 from tests import mutfuzz
-from tests.ctload import CtWriter, inside, synth, wait_ready
+from tests.ctload import CtWriter, filled, inside, synth, wait_ready
 from tests.netns import TRACK_RULES, NetNS
 from tests.pilotkit import NEVER, poll, settle
 from tests.ptykit import PtyRun
@@ -379,10 +379,7 @@ N_TABLE = 4000
 def big_table(netns_factory: Any) -> Iterator[tuple[NetNS, ConntrackClient]]:
     """A namespace holding N_TABLE inserted entries, and a client whose socket reads it."""
     ns = netns_factory(track=False)
-    with inside(ns.path):
-        with CtWriter() as w:
-            assert w.insert(synth(i, 0x55) for i in range(N_TABLE)) == 0, dict(w.errors)
-        client = ConntrackClient()
+    client = filled(ns.path, N_TABLE, 0x55)
     try:
         yield ns, client
     finally:
