@@ -97,7 +97,8 @@ def tune_allocator() -> None:
     most) from its heap, and gives the heap's top back only when 2x that is free: what a poll
     frees (the previous table's dict and lists, a dump's datagrams) stays resident. Set, the
     thresholds stay put (blocks from 16 MiB up mapped on their own, the top given back from
-    128 KiB): ~12 MiB less at 250k flows, with `trim_heap` after each poll. Lower thresholds
+    128 KiB): ~12 MiB less at 250k flows, with `trim_heap` after each poll (A/B in a poll
+    loop; see `HeapPolicy` for how often it runs). Lower thresholds
     give back a little more but cost each poll the page faults of fresh mappings (1 MiB:
     ~8 MiB less, ~30 ms a poll at 250k). Idempotent; nothing where libc has no mallopt."""
     if _mallopt is not None:

@@ -156,7 +156,6 @@ class ConntrackClient:
     def __init__(self, dump_filter: DumpFilter | None = None) -> None:
         self.filter = dump_filter or DumpFilter()
         self.decoder = FastDecoder()
-        self._half_dump = 0.0  # half the last dump's length, seconds (see dump_batches)
         # Monotonic times between which the kernel read the last dump's entries: a dump
         # received whole (see dump_batches) is read by then, however long its decoding takes.
         self.last_read = (0.0, 0.0)
@@ -243,7 +242,7 @@ class ConntrackClient:
         with self._session() as sock:
             seq = sock.send(_CT | c.IPCTNL_MSG_CT_GET, NLM_F_DUMP, payload)
             datagrams: Iterable[_Datagram] = sock.dump_datagrams(seq, stats)
-            half = self._half_dump
+            half = (self.last_read[1] - self.last_read[0]) / 2  # as the last dump took
             received = 0.0
             if cold:
                 datagrams = _drained(list(datagrams))
@@ -282,9 +281,7 @@ class ConntrackClient:
                 if ending is not None and raw_sink is not None:
                     raw_sink(data[ending[0] : ending[1]])
                 yield batch
-        ended = received if cold else time.monotonic()
-        self._half_dump = (ended - started) / 2
-        self.last_read = (started, ended)
+        self.last_read = (started, received if cold else time.monotonic())
         self.decoder.end()
 
     def dump(
