@@ -12,7 +12,7 @@ from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import compress, repeat
-from operator import attrgetter, is_
+from operator import is_, is_not
 from typing import Any, NamedTuple, overload
 
 from cttop.conntrack.const import IPPROTO_TCP, proto_name, state_name
@@ -212,7 +212,9 @@ def _ring_absent(ring: array[float], first: int, last: int) -> None:
     _ring_fill(ring, last, _NAN)
 
 
-_proto_and_state = attrgetter("protonum", "state")
+# How far ahead of its place in the last dump a flow is looked for by identity (what lies
+# between vanished) before the walk turns to an index of the whole last dump.
+_LOOK_AHEAD = 32
 _new_tuple = tuple.__new__
 
 
@@ -222,12 +224,25 @@ class StepFeed:
     Reads the sampler's state and writes only its own: a feed that is dropped (a dump taken
     again, a failed poll) leaves the sampler as it was. What needs the snapshot's time (rates,
     history, returned flows) is left to `Sampler.step`, for the few flows that moved.
+
+    The kernel dumps its hash table in the same order poll after poll, and the decoder gives
+    back the very Flow of the last poll for an entry nothing happened to (most of a big
+    table). So the feed walks the last dump's flows alongside the new ones: a flow that *is*
+    the next one of the last dump costs one identity test — no key, no lookup — and only the
+    rest (new, moved, out of step) are looked up by key. What the walk skipped and nothing
+    found later vanished.
     """
 
     __slots__ = (
+        "_found",
         "_keep",
+        "_listed_prev",
+        "_metered_prev",
+        "_next",
+        "_pairs_prev",
+        "_places",
         "_prev",
-        "_shares_keys",
+        "_skipped",
         "_step",
         "_vanished",
         "count",
@@ -248,10 +263,14 @@ class StepFeed:
         "returned",
     )
 
-    def __init__(self, sampler: Sampler, shares_keys: bool = True) -> None:
-        """`shares_keys`: the dict it fills becomes the snapshot's (see `add`)."""
+    def __init__(self, sampler: Sampler) -> None:
         self._prev = sampler._prev_flows
-        self._shares_keys = shares_keys
+        listed = sampler._prev_listed
+        if len(listed) != len(self._prev):  # (never, unless someone emptied the rows)
+            listed = list(self._prev.values())
+        self._listed_prev = listed
+        self._metered_prev = sampler._prev_metered
+        self._pairs_prev = sampler._prev_pairs
         self._step = sampler._step
         self._vanished = sampler._vanished
         self._keep = sampler.keep_vanished
@@ -261,11 +280,7 @@ class StepFeed:
 
     def begin(self) -> None:
         """Start over (the dump is taken again)."""
-        # Each flow found is popped from a copy of the previous table, so what is left at the
-        # end is what vanished: no second pass over 250k keys (a set difference re-hashes them).
-        # Copied when the first flows arrive, not before the dump is asked for: the kernel is
-        # dumping by then (5 ms at 250k off the poll's time).
-        self.gone: dict[FlowKey, Flow] | None = None
+        self.gone: dict[FlowKey, Flow] | None = None  # what vanished, once ended
         self.rates: list[Rate | None] = []
         self.new: list[FlowKey] = []
         self.metering: list[FlowKey] = []
@@ -279,9 +294,16 @@ class StepFeed:
         self.idle = False  # some rate is ZERO_RATE (to be undone if the step has no interval)
         self.dirty = False
         # The flows in the order added (the dump's: the rows' order) and their (protocol,
-        # state) counted, a batch at a time while the dump arrives.
+        # state) counted: the last table's counts, kept up to date flow by flow.
         self.listed: list[Flow] = []
         self.pairs: Counter[tuple[int, int | None]] = Counter()
+        # The walk over the last dump: the place of its next flow, the flows passed over, the
+        # keys of the last table found out of step, and (made when first needed) each last
+        # flow's place by identity.
+        self._next = 0
+        self._skipped: list[Flow] = []
+        self._found: set[FlowKey] = set()
+        self._places: dict[int, int] | None = None
 
     def add(self, flows: dict[FlowKey, Flow], batch: list[Flow]) -> None:
         """Put the next flows of a dump into the snapshot's dict `flows` (by key; a key that
@@ -290,37 +312,72 @@ class StepFeed:
         must follow the last batch."""
         if self.pause is not None:
             self.pause()
-        gone = self.gone
-        shares = self._shares_keys
-        if gone is None:
-            gone = self.gone = self._prev.copy()
-            # The snapshot's dict starts as the previous table: a flow found again is stored
+        if self.flows is None:
+            # The snapshot's dict starts as the last table: a flow found again is stored
             # under the key it already had (a dict keeps its key when the value is replaced),
-            # and the key made here to look it up is dropped at once. Consecutive samples
-            # share their keys (a steady 250k table otherwise makes 250k key tuples a poll,
-            # 15 MiB, while the shown sample's are alive), and the dict is never resized on
-            # the way. What is left of `gone` when the dump ends vanished: `end` takes it out.
+            # and a key made here to look it up is dropped at once. Consecutive samples share
+            # their keys (a steady 250k table otherwise makes 250k key tuples a poll, 15 MiB,
+            # while the shown sample's are alive), and the dict is never resized on the way.
+            # What vanished is taken out by `end`.
             if flows:
                 raise ValueError("a feed fills an empty dict")
-            if shares:
-                flows.update(gone)
-        take = gone.pop
+            flows.update(self._prev)
+            self.pairs.update(self._pairs_prev)
+            self.flows = flows
+        elif self.flows is not flows:
+            raise ValueError("a feed fills one dict")
+        prev = self._listed_prev
+        n = len(prev)
+        j = self._next
+        get = self._prev.get
         vanished = self._vanished
+        pairs = self.pairs
         rates = self.rates
         append = rates.append
         idle = False
         # A flow missing for longer than keep_vanished polls is forgotten by the step: new.
         oldest = self._step + 1 - self._keep
-        for f in batch:
+        metered = self._metered_prev
+        size = len(batch)
+        at = 0
+        while True:
+            if j < n and at < size:
+                # Most of a big table: the decoder gave back the last poll's Flow (nothing
+                # moved), in the last dump's order, which the dict already holds under its key.
+                # A run of those is found by identity in C, and costs no key and no lookup.
+                stop = next(
+                    compress(itertools.count(at), map(is_not, batch[at:], prev[j : j + size - at])),
+                    at + min(size - at, n - j),
+                )
+                if stop > at:
+                    if metered:  # (all of the last table had counters: these too)
+                        rates += repeat(ZERO_RATE, stop - at)
+                        idle = True
+                    else:
+                        for f in batch[at:stop]:
+                            if _metered(f):
+                                append(ZERO_RATE)
+                                idle = True
+                            else:
+                                self.no_counters += 1
+                                append(None)
+                    j += stop - at
+                    at = stop
+            if at >= size:
+                break
+            f = batch[at]
+            if j + 1 < n and f is prev[j + 1]:
+                # The last dump's flow before it vanished (or comes later): the run goes on.
+                self._skipped.append(prev[j])
+                j += 1
+                continue
+            at += 1
             key = (f.zone, f.orig, f.id)
-            p = take(key, None)
+            flows[key] = f
+            pairs[f.protonum, f.state] += 1
+            p = get(key)
             if p is None:
-                if key in flows:
-                    # Already in this dump (the kernel's dump is not a snapshot): the later
-                    # copy is kept, and this batch's diff is wrong for it; the step redoes the
-                    # whole diff.
-                    self.dirty = True
-                flows[key] = f
+                # New (a key that comes twice in one dump shows in `end`'s count).
                 back = vanished.get(key) if vanished else None
                 if back is not None and back[2] >= oldest:
                     self.returned.append((len(rates), key, f))
@@ -330,22 +387,16 @@ class StepFeed:
                         self.no_counters += 1
                 append(None)
                 continue
+            pairs[p.protonum, p.state] -= 1
+            j = self._follow(p, key, j)
             ob = f.orig_bytes
             rb = f.reply_bytes
             op = f.orig_packets
             rp = f.reply_packets
             if ob is None or rb is None or op is None or rp is None:
-                flows[key] = f
                 self.no_counters += 1
                 append(None)
                 continue
-            if p is f and shares:
-                # Most of a big table: the decoder gave back the last poll's Flow (nothing
-                # moved), which the dict already holds under this key.
-                append(ZERO_RATE)
-                idle = True
-                continue
-            flows[key] = f
             pob = p.orig_bytes
             prb = p.reply_bytes
             pop = p.orig_packets
@@ -360,21 +411,53 @@ class StepFeed:
             else:
                 self.moved.append((len(rates), key, ob - pob, rb - prb, op - pop, rp - prp))
             append(None)
+        self._next = j
         if idle:
             self.idle = True
         self.listed += batch
-        self.pairs.update(map(_proto_and_state, batch))
-        self.flows = flows
+
+    def _follow(self, p: Flow, key: FlowKey, j: int) -> int:
+        """The last table's flow `p` was found for a flow not where the walk is (`j`): the
+        walk's next place. Ahead (what lies between vanished, or comes later), the walk goes on
+        after it; behind (passed over), it was found out of step."""
+        prev = self._listed_prev
+        if j < len(prev) and prev[j] is p:  # the same entry, changed: in step
+            return j + 1
+        for at in range(j + 1, min(j + _LOOK_AHEAD, len(prev))):
+            if prev[at] is p:
+                self._skipped += prev[j:at]
+                return at + 1
+        places = self._places
+        if places is None:  # far out of step (a resized table walks in another order)
+            places = self._places = {id(q): i for i, q in enumerate(prev)}
+        at = places.get(id(p), -1)  # (-1: not in the last dump's list; `end` will not agree)
+        if at < j:
+            self._found.add(key)
+            return j
+        self._skipped += prev[j:at]
+        return at + 1
 
     def end(self, flows: dict[FlowKey, Flow]) -> None:
-        """The dump is complete: the previous table's flows it did not bring are taken out of
-        `flows` (they vanished; `gone` still holds them for the step)."""
-        if self.ended:
+        """The dump is complete: the last table's flows it did not bring are taken out of
+        `flows` (they vanished: `gone` holds them for the step)."""
+        if self.ended or self.flows is not flows:
             return
-        if self._shares_keys and self.gone is not None and self.flows is flows:
-            for key in self.gone:
+        gone: dict[FlowKey, Flow] = {}
+        found = self._found
+        pairs = self.pairs
+        for q in itertools.chain(self._skipped, self._listed_prev[self._next :]):
+            key = (q.zone, q.orig, q.id)
+            if key not in found:
+                gone[key] = q
                 del flows[key]
+                pairs[q.protonum, q.state] -= 1
+        self.gone = gone
+        self.pairs = +pairs  # (counts that went to 0 dropped)
         self.count = len(flows)
+        # Each key once in the dump: as many flows as it listed. Otherwise a key came twice
+        # (the kernel's dump is not a snapshot), and the step redoes the diff.
+        if self.count != len(self.listed):
+            self.dirty = True
         self.ended = True
 
     def fits(self, sampler: Sampler, flows: dict[FlowKey, Flow]) -> bool:
@@ -423,6 +506,11 @@ class Sampler:
         """Forget everything (e.g. after switching to another network namespace)."""
         self._step = 0
         self._prev_flows: dict[FlowKey, Flow] = {}
+        # The same flows in the last dump's order (the last sample's rows) and their
+        # (protocol, state) counted: what a feed walks and updates (see `StepFeed`).
+        self._prev_listed: list[Flow] = []
+        self._prev_pairs: Counter[tuple[int, int | None]] = Counter()
+        self._prev_metered = False  # every flow of the last table had counters
         self._prev_time: float | None = None
         # key -> (last Flow seen, monotonic time of that snapshot, first step it was missing)
         self._vanished: dict[FlowKey, tuple[Flow, float, int]] = {}
@@ -459,7 +547,7 @@ class Sampler:
                 # dump's order (each flow where its key came first, as its last copy), which
                 # the dict does not keep.
                 dumped = list({(f.zone, f.orig, f.id): f for f in fed.listed}.values())
-            fed = StepFeed(self, shares_keys=False)  # (its dict is thrown away)
+            fed = StepFeed(self)  # (its dict is thrown away)
             redone: dict[FlowKey, Flow] = {}
             fed.add(redone, dumped)
             fed.end(redone)
@@ -588,6 +676,9 @@ class Sampler:
         )
         self._totals.append(totals)
         self._prev_flows = flows
+        self._prev_listed = fed.listed
+        self._prev_pairs = fed.pairs
+        self._prev_metered = no_counters == 0
         self._prev_time = now
         return Sample(snapshot, FlowRows(fed.listed, rates), interval, totals, step)
 
@@ -703,6 +794,12 @@ class Sampler:
     def last_flows(self) -> dict[FlowKey, Flow]:
         """The flows of the last snapshot stepped (what the next step diffs against)."""
         return self._prev_flows
+
+    @property
+    def last_listed(self) -> list[Flow]:
+        """The same flows in the order the last dump brought them (the last sample's rows),
+        which the next step walks: not to be emptied while this sampler goes on."""
+        return self._prev_listed
 
     @property
     def tracked(self) -> int:

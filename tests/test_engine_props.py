@@ -271,6 +271,129 @@ def test_dropping_old_first_steps_changes_no_history(snapshots, history, keep, b
     assert len(sampler._since) <= len(reference._since)
 
 
+def _walk_flow(i: int, rnd: Any) -> Flow:
+    """Flow number i of a table: its own key (the source port), TCP/UDP/ICMP, some without
+    counters, the zone and a repeating id in its key."""
+    protonum = rnd.choice([6, 17, 1])
+    c = None if rnd.random() < 0.15 else tuple(rnd.randint(0, 1000) for _ in range(4))
+    ob, rb, op, rp = c if c is not None else (None, None, None, None)
+    return Flow(
+        family=AF_INET,
+        protonum=protonum,
+        orig=Tuple("10.0.0.1", "10.0.0.2", 1024 + i, 53),
+        reply=Tuple("10.0.0.2", "10.0.0.1", 53, 1024 + i),
+        id=i % 7,
+        state=rnd.choice([1, 3, 7]) if protonum == 6 else None,
+        expires=1000.0 + i,
+        zone=i % 2,
+        orig_bytes=ob,
+        reply_bytes=rb,
+        orig_packets=op,
+        reply_packets=rp,
+    )
+
+
+def _walk_next(f: Flow, rnd: Any) -> Flow | None:
+    """What the next dump brings of flow f: mostly the very same object (the decoder reused
+    it), else a new one — the same but for the expiry, counters up or reset, another state —
+    or nothing (vanished)."""
+    how = rnd.choices(["same", "expiry", "up", "reset", "state", "gone"], [60, 8, 12, 3, 5, 12])[0]
+    if how == "same":
+        return f
+    if how == "gone":
+        return None
+    if how == "expiry":
+        return f._replace(expires=(f.expires or 0.0) + 1.0)
+    if how == "state":
+        return f._replace(state=rnd.choice([1, 3, 7]) if f.protonum == 6 else None)
+    if f.orig_bytes is None:
+        return f._replace(status=rnd.randint(0, 3))
+    if how == "up":
+        return f._replace(orig_bytes=f.orig_bytes + rnd.randint(0, 5000))
+    return f._replace(orig_bytes=0, reply_bytes=0, orig_packets=0, reply_packets=0)
+
+
+@settings(max_examples=200)
+@given(st.randoms(use_true_random=False), st.integers(1, 7), st.integers(0, 2))
+def test_the_feeds_walk_over_the_last_dump_is_the_diff_by_key(rnd, polls, keep):
+    """A feed walks the last dump's flows alongside the new ones and looks up by key only what
+    is not the next one (`StepFeed`). Whatever the new dump's order — the same, a few flows
+    moved, runs of vanished flows longer than the look-ahead, shuffled as after a resize —
+    and with keys sent twice, the fed sampler makes exactly the samples that a sampler makes
+    from copies of the same flows (no flow the same object twice: every one looked up by
+    key); what vanished and the counts by protocol and state are the table's."""
+    fed_sampler = Sampler(history=3, keep_vanished=keep)
+    plain = Sampler(history=3, keep_vanished=keep)
+    n = rnd.randint(0, 160)
+    made = n
+    order = [_walk_flow(i, rnd) for i in range(n)]
+    away: list[Flow] = []
+    t = 0.0
+    prev: dict[FlowKey, Flow] | None = None
+    for _ in range(polls):
+        if order and rnd.random() < 0.3:  # a run of vanished longer than the look-ahead
+            at = rnd.randrange(len(order))
+            away += order[at : at + 40]
+            del order[at : at + 40]
+        nxt: list[Flow] = []
+        for f in order:
+            g = _walk_next(f, rnd)
+            if g is None:
+                away.append(f)
+            else:
+                nxt.append(g)
+        for _ in range(rnd.randint(0, 12)):  # new flows, and vanished ones back
+            if away and rnd.random() < 0.3:
+                g = away.pop(rnd.randrange(len(away)))
+            else:
+                g = _walk_flow(made, rnd)
+                made += 1
+            nxt.insert(rnd.randint(0, len(nxt)), g)
+        how = rnd.choice(["in step", "in step", "moved", "shuffled"])
+        if how == "moved":
+            for _ in range(rnd.randint(1, 5)):
+                if nxt:
+                    nxt.insert(rnd.randint(0, len(nxt)), nxt.pop(rnd.randrange(len(nxt))))
+        elif how == "shuffled":
+            rnd.shuffle(nxt)
+        order = nxt
+        dumped = list(order)
+        if dumped and rnd.random() < 0.2:  # the kernel sent an entry twice
+            f = rnd.choice(dumped)
+            dumped.insert(rnd.randint(0, len(dumped)), rnd.choice([f, f._replace(use=9)]))
+        t += rnd.choice([1.0, 1.0, 0.5, 0.0])
+
+        fed = fed_sampler.feed()
+        flows: dict[FlowKey, Flow] = {}
+        at = 0
+        while at < len(dumped):
+            size = rnd.randint(1, 40)
+            fed.add(flows, dumped[at : at + size])
+            at += size
+        fed.end(flows)
+        got = fed_sampler.step(Snapshot(t, 1e9 + t, flows, None, None), fed)
+        copies: dict[FlowKey, Flow] = {}
+        for f in dumped:
+            copies[f.key] = Flow(*f)
+        want = plain.step(Snapshot(t, 1e9 + t, copies, None, None))
+
+        assert flows == copies
+        assert got.rows == want.rows and got.totals == want.totals
+        assert got.totals.vanished == (None if prev is None else len(prev.keys() - flows.keys()))
+        by_proto: dict[str, int] = {}
+        for f in flows.values():
+            by_proto[proto_name(f.protonum)] = by_proto.get(proto_name(f.protonum), 0) + 1
+        assert got.totals.by_proto == by_proto
+        tcp = [state_name(6, f.state) for f in flows.values() if f.protonum == 6]
+        assert got.totals.by_tcp_state == {s: tcp.count(s) for s in set(tcp)}
+        for key in flows:
+            assert fed_sampler.history(key) == plain.history(key)
+        # What the next walk goes over is the table, each flow once.
+        listed = fed_sampler.last_listed
+        assert sorted(map(id, listed)) == sorted(map(id, flows.values()))
+        prev = flows
+
+
 # --- filter -----------------------------------------------------------------------------------
 
 STATE_NAMES = sorted({s for table in STATE_TABLES.values() for s in table})

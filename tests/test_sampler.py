@@ -20,6 +20,7 @@ from cttop.conntrack.const import (
     IPS_SEEN_REPLY,
 )
 from cttop.conntrack.model import Flow, FlowKey, Snapshot, Tuple
+from cttop.heap import release
 from cttop.sampler import ZERO_RATE, FlowRow, FlowRows, Rate, Sampler, rates_sum
 
 # --- building flows and snapshots ------------------------------------------------------------
@@ -537,3 +538,53 @@ def test_a_feed_fills_an_empty_dict() -> None:
     fed = Sampler().feed()
     with pytest.raises(ValueError, match="empty dict"):
         fed.add({A: flow()}, [flow()])
+
+
+class _CountingDict(dict):  # type: ignore[type-arg]
+    """A table that counts the lookups made in it."""
+
+    lookups = 0
+
+    def get(self, key, default=None):  # type: ignore[no-untyped-def]
+        self.lookups += 1
+        return super().get(key, default)
+
+
+def test_a_flow_the_decoder_gave_back_costs_the_feed_no_lookup() -> None:
+    """The feed walks the last dump's flows alongside the new ones: a flow that is the very
+    object of the last poll, where the walk is, is neither looked up nor given a new key;
+    a changed one, a new one and one out of place are."""
+    fs = [flow(id=i, sport=40000 + i) for i in range(8)]
+    sampler = Sampler()
+    table = _CountingDict((f.key, f) for f in fs)
+    sampler.step(Snapshot(0.0, 1_700_000_000.0, table, None, None))
+    changed = flow((10, 0, 1, 0), id=3, sport=40003)
+    new = flow(id=9, sport=40009)
+    # 0 1 2 in step; 3 changed; 4 vanished; 5 in step; 7 before 6; new
+    sample = _fed_poll(sampler, 1.0, [fs[0], fs[1]], [fs[2], changed, fs[5]], [fs[7], new, fs[6]])
+    assert table.lookups == 3  # the changed flow, the new one, and 6 out of place
+    assert sample.totals.vanished == 1 and sample.totals.new == 1
+    assert sample.row(fs[4].key) is None
+    assert sample.row(changed.key) == FlowRow(changed, Rate(10.0, 0.0, 1.0, 0.0))
+    assert [sample.row(f.key) for f in fs[5:]] == [FlowRow(f, ZERO_RATE) for f in fs[5:]]
+    assert sample.rows.flows == [*fs[:3], changed, fs[5], fs[7], new, fs[6]]
+
+
+def test_a_sampler_whose_last_rows_were_emptied_still_finds_what_vanished() -> None:
+    """The feed walks the last sample's rows; emptied (`heap.release` of a sample the screen
+    retired, which must not happen to the last one), it walks the table itself."""
+    a, b, c = flow(id=1), flow(id=2, sport=40001), flow(id=3, sport=40002)
+    sampler = Sampler()
+    first = _fed_poll(sampler, 0.0, [a, b, c])
+    release([first.rows.flows])
+    second = _fed_poll(sampler, 1.0, [c, a])
+    assert list(second.snapshot.flows) == [a.key, c.key]
+    assert second.rows.flows == [c, a] and second.totals.vanished == 1
+    assert second.row(a.key) == FlowRow(a, ZERO_RATE)
+
+
+def test_a_feed_fills_one_dict() -> None:
+    fed = Sampler().feed()
+    fed.add({}, [flow()])
+    with pytest.raises(ValueError, match="one dict"):
+        fed.add({}, [flow(id=2)])

@@ -510,7 +510,7 @@ class CttopApp(App[int]):
             self._retired += [old for old in retired if old.sample is pinned]
             retired = [old for old in retired if old.sample is not pinned]
         shown = self.shown
-        keep = {id(self.sampler.last_flows)}
+        keep = {id(self.sampler.last_flows), id(self.sampler.last_listed)}
         if shown is not None:
             keep.update(map(id, _containers(shown, with_sample=True)))
         parts: dict[int, list[Any] | dict[Any, Any]] = {}
