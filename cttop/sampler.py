@@ -341,28 +341,35 @@ class StepFeed:
         size = len(batch)
         at = 0
         while True:
-            if j < n and at < size:
+            if j < n and at < size and batch[at] is prev[j]:
                 # Most of a big table: the decoder gave back the last poll's Flow (nothing
                 # moved), in the last dump's order, which the dict already holds under its key.
-                # A run of those is found by identity in C, and costs no key and no lookup.
-                stop = next(
-                    compress(itertools.count(at), map(is_not, batch[at:], prev[j : j + size - at])),
-                    at + min(size - at, n - j),
-                )
-                if stop > at:
-                    if metered:  # (all of the last table had counters: these too)
-                        rates += repeat(ZERO_RATE, stop - at)
-                        idle = True
-                    else:
-                        for f in batch[at:stop]:
-                            if _metered(f):
-                                append(ZERO_RATE)
-                                idle = True
-                            else:
-                                self.no_counters += 1
-                                append(None)
-                    j += stop - at
-                    at = stop
+                # A run of those is found by identity in C, and costs no key and no lookup; in
+                # windows that grow, so that it costs its own length, not the rest of the
+                # batch's (a step without a feed takes the whole table as one batch).
+                last = at + min(size - at, n - j)
+                stop = at + 1
+                width = 16
+                while stop < last:
+                    hi = min(last, stop + width)
+                    ahead = map(is_not, batch[stop:hi], prev[j + stop - at : j + hi - at])
+                    stop = next(compress(itertools.count(stop), ahead), hi)
+                    if stop < hi:
+                        break
+                    width *= 4
+                if metered:  # (all of the last table had counters: these too)
+                    rates += repeat(ZERO_RATE, stop - at)
+                    idle = True
+                else:
+                    for f in batch[at:stop]:
+                        if _metered(f):
+                            append(ZERO_RATE)
+                            idle = True
+                        else:
+                            self.no_counters += 1
+                            append(None)
+                j += stop - at
+                at = stop
             if at >= size:
                 break
             f = batch[at]
@@ -423,12 +430,14 @@ class StepFeed:
         prev = self._listed_prev
         if j < len(prev) and prev[j] is p:  # the same entry, changed: in step
             return j + 1
-        for at in range(j + 1, min(j + _LOOK_AHEAD, len(prev))):
-            if prev[at] is p:
-                self._skipped += prev[j:at]
-                return at + 1
         places = self._places
-        if places is None:  # far out of step (a resized table walks in another order)
+        if places is None:
+            for at in range(j + 1, min(j + _LOOK_AHEAD, len(prev))):
+                if prev[at] is p:
+                    self._skipped += prev[j:at]
+                    return at + 1
+            # Far out of step (a resized table walks in another order): from here on, each
+            # flow's place in the last dump by identity.
             places = self._places = {id(q): i for i, q in enumerate(prev)}
         at = places.get(id(p), -1)  # (-1: not in the last dump's list; `end` will not agree)
         if at < j:

@@ -284,8 +284,9 @@ def decode_message(buf: bytes, off: int, end: int, now: float = 0.0) -> Flow:
 # attribute header (to prove the layout matches) and every value we keep — and a small
 # generated function that builds the Flow from it (the two tuples, taken as one raw bytes field,
 # by a compiled region decoder of their own). Before any of that, a message byte-identical to
-# one the shape decoded before but for the timeout's value reuses that decode (see FastDecoder):
-# the same bytes through the same layout give the same values. Anything that does not match a
+# one the shape decoded before but for the timeout's and the counters' values reuses that
+# decode (see FastDecoder): the same bytes through the same layout give the same values, and
+# those few are read on their own. Anything that does not match a
 # known layout takes `decode_flow`, which stays the reference: the fast path yields exactly what
 # it would, or declines — but for `Flow.expires` of a reused decode (see `SAME_EXPIRY`).
 
@@ -300,6 +301,8 @@ def decode_message(buf: bytes, off: int, end: int, now: float = 0.0) -> Flow:
 SAME_EXPIRY: Final = 0.4
 
 _HASH_FINGERPRINTS: Final = sys.hash_info.width >= 64
+_EXPIRES: Final = Flow._fields.index("expires")
+_COUNTERS: Final = ("orig_packets", "orig_bytes", "reply_packets", "reply_bytes")
 _MAX_SHAPES_PER_LENGTH: Final = 4
 _MAX_SHAPES: Final = 256
 
@@ -482,6 +485,8 @@ class _ShapeBuilder:
         self.fields: dict[str, str] = {}  # Flow field -> expression over v[...]
         self.region: int | None = None
         self.timeout_at: int | None = None  # offset of the (last) CTA_TIMEOUT value
+        # Flow field -> (offset, struct format) of the value it was last unpacked from
+        self.at: dict[str, tuple[int, str]] = {}
 
     def _item(self, fmt: str, size: int) -> int:
         self.fmt.append(fmt)
@@ -521,6 +526,7 @@ class _ShapeBuilder:
                 if fmt == "z":  # a NUL-terminated string
                     self.fields[field] = f"_cstring(v[{self._item(f'{ce - cs}s', ce - cs)}])"
                 else:
+                    self.at[field] = (self.pos, fmt)
                     self.fields[field] = f"v[{self._value(buf, cs, ce, cn, fmt, size)}]"
             self._pad_to(ce - base)
 
@@ -552,6 +558,8 @@ class _ShapeBuilder:
                 d = "orig" if t == c.CTA_COUNTERS_ORIG else "reply"
                 # A repeated nest replaces both counters, as in the reference decoder.
                 self.fields[f"{d}_packets"] = self.fields[f"{d}_bytes"] = "None"
+                self.at.pop(f"{d}_packets", None)
+                self.at.pop(f"{d}_bytes", None)
                 self._children(
                     buf,
                     off,
@@ -596,6 +604,11 @@ class _ShapeBuilder:
         if self.region is None:
             return None
         return "".join(self.fmt)
+
+
+def _known(pad: str) -> str:
+    """Generated code: a cached flow `h` is the decode of fingerprint `fp`."""
+    return f"{pad}if renewed is not None:\n{pad}    renewed[fp] = h\n{pad}return h\n"
 
 
 def _compile_shape(
@@ -645,34 +658,62 @@ def _compile_shape(
     got = "".join(f"v[{i}], " for i, _ in b.headers)
     want = tuple(w for _, w in b.headers)
     size = end - off
-    to = b.timeout_at
+    # What changes while an entry lives on — its seconds left and its counters — is left out
+    # of the fingerprint and read on its own: a message the shape decoded before but for these
+    # is the cached flow (nothing changed but the timeout ticking: the same object), or its
+    # fields with these values (a flow that moved: no tuples decoded again, and the cache entry
+    # replaced rather than a new one left beside it).
+    moving: list[tuple[int, str, int]] = []  # (offset, struct format, index in Flow)
+    if b.timeout_at is not None:
+        moving.append((b.timeout_at, "I", _EXPIRES))
+    for name in _COUNTERS:
+        if f.get(name, "None") != "None" and name in b.at:
+            moving.append((*b.at[name], Flow._fields.index(name)))
+    moving.sort()
+    fmt_split, segments, values = ">", [], {}
+    pos = item = 0
+    for at, vfmt, index in moving:
+        if at > pos:
+            fmt_split += f"{at - pos}s"
+            segments.append(f"s{item}")
+            item += 1
+        fmt_split += vfmt
+        values[index] = f"x{item}"
+        item += 1
+        pos = at + struct.calcsize(">" + vfmt)
+    if size > pos:
+        fmt_split += f"{size - pos}s"
+        segments.append(f"s{item}")
+        item += 1
+    split = struct.Struct(fmt_split)
     # The fingerprint is the 64-bit hash of the bytes, not the bytes: at 250k flows that keeps
     # ~60 MB of keys out of the caches. Two messages of one layout with the same hash would
     # share a decode; with Python's keyed SipHash that is a 2**-64 chance per pair. (A 32-bit
     # build's hash is too short for that: there the bytes are the key.)
-    key = "hash({})" if _HASH_FINGERPRINTS else "{}"
-    if to is None:  # no timeout (an offloaded entry): the whole message is the fingerprint
-        split = struct.Struct(f">{size}s")
-        parts = "fp = " + key.format("split(buf, off)[0]")
-        # A known message: the cached flow is the decode.
-        hit = "        if renewed is not None:\n            renewed[fp] = h\n        return h\n"
-    else:
-        split = struct.Struct(f">{to}sI{size - to - 4}s")
-        parts = "pre, tmo, post = split(buf, off)\n    fp = " + key.format("pre + post")
-        # A known message but for its timeout: the cached flow if the expiry agrees (h[7] is
-        # Flow.expires), else its fields unpacked at once (faster than twenty subscripts)
-        # with the new expiry.
+    # (Past two pieces, hashing them as a tuple is cheaper than joining them first.)
+    joined = " + ".join(segments) if len(segments) <= 2 else f"({', '.join(segments)})"
+    fp = f"hash({joined})" if _HASH_FINGERPRINTS else joined
+    unpacked = ", ".join(f"s{i}" if f"s{i}" in segments else f"x{i}" for i in range(item))
+    parts = f"{unpacked}, = split(buf, off)\n    fp = {fp}"
+    # A known message: the cached flow while the expiry it gives agrees (h[7] is
+    # Flow.expires) and the counters are the same; else its fields unpacked at once (faster
+    # than twenty subscripts) with the new values.
+    same = [f"h[{i}] == {x}" for i, x in sorted(values.items()) if i != _EXPIRES]
+    hit = ""
+    if _EXPIRES in values:
+        hit = f"        e = clock[0] + {values[_EXPIRES]}\n"
+        values[_EXPIRES] = "e"
+        same.insert(0, "-SAME < h[7] - e < SAME")
+    if same:
         names = [f"f{i}" for i in range(len(Flow._fields))]
-        reused = ", ".join("e" if i == 7 else name for i, name in enumerate(names))
-        hit = (
-            "        e = clock[0] + tmo\n"
-            "        if -SAME < h[7] - e < SAME:\n"
-            "            if renewed is not None:\n"
-            "                renewed[fp] = h\n"
-            "            return h\n"
+        fresh = ", ".join(values.get(i, name) for i, name in enumerate(names))
+        hit += (
+            f"        if {' and '.join(same)}:\n{_known(' ' * 12)}"
             f"        {', '.join(names)} = h\n"
-            f"        flow = new(Flow, ({reused}))\n"
+            f"        flow = new(Flow, ({fresh}))\n"
         )
+    else:  # nothing in the message changes while it lives: the cached flow is the decode
+        hit += _known(" " * 8)
     src = (
         "def run(buf, off, end, family):\n"
         f"    {parts}\n"
@@ -723,11 +764,12 @@ class FastDecoder:
     """Decodes the messages of successive dumps, learning their shapes as it goes.
 
     Most entries of a big table do not change between two polls but for the seconds left
-    (CTA_TIMEOUT): each shape keeps the flows it decoded by the message's bytes without that
-    value, and such a message costs one short struct call, a hash and one dict lookup: the
-    decode is the cached flow itself, the same object as the poll before, while the expiry it
-    implies agrees with the cached one (`SAME_EXPIRY`; else a new Flow with the new expiry).
-    Only messages never seen (new flows, moved counters, a state change) are decoded. The
+    (CTA_TIMEOUT), and those that carry traffic only in their counters: each shape keeps the
+    flows it decoded by the message's bytes without these values, and such a message costs one
+    short struct call, a hash and one dict lookup. The decode is the cached flow itself, the
+    same object as the poll before, while the counters are the same and the expiry it implies
+    agrees with the cached one (`SAME_EXPIRY`); else the cached fields with the new values, in
+    its place. Only messages never seen (new flows, a state change) are decoded. The
     cache must not outlive the table: flows that are gone leave entries behind only until it
     is renewed, which a dump does every `_RENEW_EVERY` dumps, or sooner when the cache has
     grown by a sixteenth of the table since the last renewal; its size follows the table's,
