@@ -1085,27 +1085,30 @@ def test_a_32_bit_build_keys_fingerprints_by_their_bytes(monkeypatch: pytest.Mon
     from cttop.conntrack import decode as decode_module
 
     monkeypatch.setattr(decode_module, "_HASH_FINGERPRINTS", False)
-    messages = [TUPLES4 + be32(c.CTA_STATUS, 8) + be32(c.CTA_TIMEOUT, t) for t in (30, 20, 10)]
-    dec = FastDecoder()
-    for _ in range(2):
-        dec.begin()
-        for m in messages:
-            assert dec.decode(m, 0, len(m), V4) == decode_flow(m, 0, len(m), V4)
-        dec.end()
-    (shape,) = dec.shapes[len(messages[0])]
-    assert shape.cache and all(isinstance(fp, bytes) for fp in shape.cache)
+
+    def cache_after_two_dumps(messages: list[bytes]) -> dict[object, Flow]:
+        dec = FastDecoder()
+        for _ in range(2):
+            dec.begin()
+            for m in messages:
+                assert dec.decode(m, 0, len(m), V4) == decode_flow(m, 0, len(m), V4)
+            dec.end()
+        (shape,) = dec.shapes[len(messages[0])]
+        return shape.cache
+
+    cache = cache_after_two_dumps(
+        [TUPLES4 + be32(c.CTA_STATUS, 8) + be32(c.CTA_TIMEOUT, t) for t in (30, 20, 10)]
+    )
+    assert cache and all(isinstance(fp, bytes) for fp in cache)
     # With counters, the pieces around them: a tuple of bytes.
-    counted = [
-        TUPLES4
-        + be32(c.CTA_TIMEOUT, 30)
-        + nest(c.CTA_COUNTERS_ORIG, be64(c.CTA_COUNTERS_PACKETS, p), be64(c.CTA_COUNTERS_BYTES, 9))
-        for p in (1, 2, 3)
-    ]
-    dec = FastDecoder()
-    for _ in range(2):
-        dec.begin()
-        for m in counted:
-            assert dec.decode(m, 0, len(m), V4) == decode_flow(m, 0, len(m), V4)
-        dec.end()
-    (shape,) = dec.shapes[len(counted[0])]
-    assert len(shape.cache) == 1 and all(isinstance(fp, tuple) for fp in shape.cache)
+    cache = cache_after_two_dumps(
+        [
+            TUPLES4
+            + be32(c.CTA_TIMEOUT, 30)
+            + nest(
+                c.CTA_COUNTERS_ORIG, be64(c.CTA_COUNTERS_PACKETS, p), be64(c.CTA_COUNTERS_BYTES, 9)
+            )
+            for p in (1, 2, 3)
+        ]
+    )
+    assert len(cache) == 1 and all(isinstance(fp, tuple) for fp in cache)
