@@ -458,7 +458,7 @@ class StepFeed:
             key = (q.zone, q.orig, q.id)
             if key not in found:
                 gone[key] = q
-                del flows[key]
+                flows.pop(key, None)  # (there: the dict began as the last table)
                 pairs[q.protonum, q.state] -= 1
         self.gone = gone
         self.pairs = +pairs  # (counts that went to 0 dropped)
