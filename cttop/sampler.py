@@ -269,7 +269,9 @@ class StepFeed:
         if len(listed) != len(self._prev):  # (never, unless someone emptied the rows)
             listed = list(self._prev.values())
         self._listed_prev = listed
-        self._metered_prev = sampler._prev_metered
+        # Every flow of the last table had counters: the unchanged ones have them too.
+        last = sampler._totals[-1] if sampler._totals else None
+        self._metered_prev = last is not None and last.no_counters == 0
         self._pairs_prev = sampler._prev_pairs
         self._step = sampler._step
         self._vanished = sampler._vanished
@@ -519,7 +521,6 @@ class Sampler:
         # (protocol, state) counted: what a feed walks and updates (see `StepFeed`).
         self._prev_listed: list[Flow] = []
         self._prev_pairs: Counter[tuple[int, int | None]] = Counter()
-        self._prev_metered = False  # every flow of the last table had counters
         self._prev_time: float | None = None
         # key -> (last Flow seen, monotonic time of that snapshot, first step it was missing)
         self._vanished: dict[FlowKey, tuple[Flow, float, int]] = {}
@@ -687,7 +688,6 @@ class Sampler:
         self._prev_flows = flows
         self._prev_listed = fed.listed
         self._prev_pairs = fed.pairs
-        self._prev_metered = no_counters == 0
         self._prev_time = now
         return Sample(snapshot, FlowRows(fed.listed, rates), interval, totals, step)
 

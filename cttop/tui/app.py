@@ -543,13 +543,9 @@ class CttopApp(App[int]):
             self._view_settled()
             return
         self._show(shown)
-        if self._view_again:
-            # A key came while this one was computed (a filter typed): its view starts now,
-            # not after the refresh (the wait was up to 60 ms a key at 250k flows).
-            self._view_again = False
-            self._reapply()
         # The poll worker stays paused until the screen shows it: drawing it then does not
-        # share the GIL with decoding.
+        # share the GIL with decoding. A key's view need not wait (`_view_running`): one that
+        # comes before the refresh starts at once (the wait was up to 60 ms at 250k flows).
         self.call_after_refresh(self._view_settled)
 
     def _view_settled(self) -> None:
