@@ -16,8 +16,8 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Iterator
-from typing import Any, Final
+from collections.abc import Callable, Generator, Iterator, Mapping
+from typing import Any, Final, TypeVar
 
 NETLINK_NETFILTER: Final = 12
 
@@ -240,6 +240,56 @@ def _frame(
     finally:
         if flagged & NLM_F_DUMP_INTR:
             stats.interrupted = True
+
+
+# A netfilter message: the netlink header, then nfgenmsg (family, version, resource id).
+_NF_FAMILY: Final = 16  # NLMSG_HDR.size: nfgen_family is the first byte after the header
+_NF_PAYLOAD: Final = 20  # NLMSG_HDR.size + NFGENMSG.size: where the attributes start
+
+_T = TypeVar("_T")
+
+
+def decode_data_messages(
+    data: bytes,
+    seq: int,
+    stats: DumpStats,
+    decoders: Mapping[int, Callable[[bytes, int, int, int], _T]],
+    fallback: Callable[[bytes, int, int, int], _T],
+) -> list[_T] | None:
+    """Frame and decode a datagram of netfilter messages in one pass, if it holds nothing but
+    data messages answering `seq` (every datagram of a dump but its last): each is decoded by
+    `decoders.get(payload length, fallback)(data, payload start, end, nfgen_family)`.
+
+    None, with nothing counted, for any other datagram — a control message (the end of the
+    answer), another sequence number, NLM_F_DUMP_INTR, a length that does not add up: frame
+    it with `frame_answer`, which says what it is. A decoder's exception goes to the caller,
+    with nothing counted either. One loop instead of framing's and then decoding's: at 250k
+    flows a tenth of the poll's Python time.
+    """
+    off = 0
+    n = len(data)
+    unpack = _LEN_TYPE_SEQ.unpack_from
+    get = decoders.get
+    out: list[_T] = []
+    append = out.append
+    while n - off >= _NF_PAYLOAD:
+        length, t, flags, mseq = unpack(data, off)
+        end = off + length
+        if (
+            t < NLMSG_MIN_TYPE
+            or mseq != seq
+            or flags & NLM_F_DUMP_INTR
+            or length < _NF_PAYLOAD
+            or end > n
+        ):
+            return None
+        decode = get(length - _NF_PAYLOAD, fallback)
+        append(decode(data, off + _NF_PAYLOAD, end, data[off + _NF_FAMILY]))
+        off += (length + 3) & ~3
+    if off < n:  # what frame_answer would count as malformed, or a short message
+        return None
+    stats.messages += len(out)
+    return out
 
 
 def _ends_answer(data: bytes, seq: int) -> bool:
@@ -538,11 +588,13 @@ class NetlinkSocket:
             if ending is not None:
                 return
 
-    def dump_datagrams(
+    def receive_answer(
         self, seq: int, stats: DumpStats, threaded: bool = True
-    ) -> Iterator[tuple[bytes, list[tuple[int, int]], tuple[int, int] | None]]:
-        """The answer to dump request `seq`, one datagram at a time, framed:
-        (data, [(start, end) of each data message], (start, end) of the closing message or None).
+    ) -> Generator[bytes, None, None]:
+        """The datagrams answering dump request `seq`, as received, not framed: the caller
+        frames them (`frame_answer`, or `decode_data_messages` first) and stops at the one
+        that ends the answer. Ends after it in any case: the message that ends an answer is
+        the last the kernel sends, so it ends the batch it came in.
 
         With `threaded`, another thread receives while the caller decodes: the kernel builds
         each datagram inside recv(), which releases the GIL, so its work and ours overlap.
@@ -553,15 +605,31 @@ class NetlinkSocket:
             receiver.start()
         try:
             while True:
-                for data in receive():
+                batch = receive()
+                for data in batch:
                     stats.datagrams += 1
-                    offsets, ending = frame_answer(data, seq, stats)
-                    yield data, offsets, ending
-                    if ending is not None:
-                        return
+                    yield data
+                if _ends_answer(batch[-1], seq):
+                    return
         finally:
             if receiver is not None:
                 receiver.stop()
+
+    def dump_datagrams(
+        self, seq: int, stats: DumpStats, threaded: bool = True
+    ) -> Iterator[tuple[bytes, list[tuple[int, int]], tuple[int, int] | None]]:
+        """The answer to dump request `seq`, one datagram at a time, framed:
+        (data, [(start, end) of each data message], (start, end) of the closing message or None).
+        """
+        datagrams = self.receive_answer(seq, stats, threaded)
+        try:
+            for data in datagrams:
+                offsets, ending = frame_answer(data, seq, stats)
+                yield data, offsets, ending
+                if ending is not None:
+                    return
+        finally:
+            datagrams.close()
 
     def request(
         self, msg_type: int, flags: int, payload: bytes, stats: DumpStats | None = None

@@ -23,7 +23,8 @@ Every input goes through:
 * one datagram of 1-4 inputs (and sometimes a control message) through `split_datagram` and
   `frame_answer`: messages in bounds, aligned and in order; `frame_answer` agrees with an oracle
   built on `split_datagram` (which messages are data, which are stale, where the answer ends, which
-  errno it raises) and with `_ends_answer`, the receiving thread's idea of where the answer ends.
+  errno it raises) and with `_ends_answer`, the receiving thread's idea of where the answer ends;
+  `decode_data_messages`, the fast path's framing, takes only what frame_answer finds clean.
 
 Hangs: a watchdog (SIGALRM) bounds every block of inputs; a hang is reported with the input.
 """
@@ -57,6 +58,7 @@ from cttop.netlink import (
     DumpStats,
     NetlinkErrno,
     _ends_answer,
+    decode_data_messages,
     frame_answer,
     message,
     split_datagram,
@@ -539,6 +541,7 @@ class Report:
     rejected: int = 0  # decode_message raised DecodeError
     fast_path: int = 0  # inputs the fast decoder decoded by a learned shape (not the reference)
     datagrams: int = 0
+    fused: int = 0  # datagrams decode_data_messages took
     seconds: float = 0.0
     failures: list[Failure] = field(default_factory=list)
     kinds: dict[str, int] = field(default_factory=dict)
@@ -558,7 +561,8 @@ class Report:
         head = (
             f"{self.inputs:,} inputs in {self.seconds:.1f} s ({self.rate:,.0f}/s): "
             f"{self.decoded:,} decoded, {self.rejected:,} rejected, {self.fast_path:,} by a "
-            f"learned shape, {self.datagrams:,} datagrams; failures by kind: {self.kinds}"
+            f"learned shape, {self.datagrams:,} datagrams ({self.fused:,} framed by the fast "
+            f"path); failures by kind: {self.kinds}"
         )
         return "\n".join([head, *map(str, self.failures)])
 
@@ -675,6 +679,7 @@ def check_datagram(data: bytes, seq: int, report: Report) -> None:
         elif stats.messages != len(out):
             report.fail("frame_answer", data, f"counted {stats.messages} for {len(out)} messages")
         got_end = ending is not None
+    check_fused_framing(data, seq, report)
     ends = _ends_answer(data, seq)
     if ends != got_end:
         short_error = any(
@@ -687,6 +692,48 @@ def check_datagram(data: bytes, seq: int, report: Report) -> None:
             f"receiving thread says the answer {'ends' if ends else 'goes on'} here, "
             f"frame_answer says it {'ends' if got_end else 'goes on'}",
         )
+
+
+def _message_bounds(data: bytes, off: int, end: int, family: int) -> tuple[int, int, int]:
+    """A stand-in decoder for `decode_data_messages`: where it was called."""
+    return off - PAYLOAD, end, family
+
+
+def check_fused_framing(data: bytes, seq: int, report: Report) -> None:
+    """`decode_data_messages`, the fast path's framing, takes a datagram only where the
+    careful way (`frame_answer`) would find nothing but data messages of `seq`, all of them
+    decodable lengths, nothing to count and no end; and then it calls the decoder on exactly
+    those messages."""
+    stats = DumpStats()
+    try:
+        got = decode_data_messages(data, seq, stats, {}, _message_bounds)
+    except Hang:
+        raise
+    except Exception as e:
+        report.fail("decode_data_messages", data, f"{type(e).__name__}: {e}")
+        return
+    if got is None:
+        return
+    report.fused += 1
+    careful = DumpStats()
+    try:
+        out, ending = frame_answer(data, seq, careful)
+    except NetlinkErrno as e:
+        report.fail("decode_data_messages", data, f"took a datagram that raises {e.errno}")
+        return
+    want = [(off, end, data[off + HDR]) for off, end in out if end - off >= PAYLOAD]
+    problems = []
+    if ending is not None:
+        problems.append("took the end of the answer")
+    if careful.malformed or careful.stale or careful.interrupted or len(want) != len(out):
+        counts = {name: getattr(careful, name) for name in DumpStats.__slots__}
+        problems.append(f"took a datagram framing counts: {counts}")
+    if got != want:
+        problems.append(f"decoded {got}, framing says {want}")
+    if stats.messages != len(got):
+        problems.append(f"counted {stats.messages} for {len(got)} messages")
+    for problem in problems:
+        report.fail("decode_data_messages", data, problem)
 
 
 def _control(r: random.Random, seq: int) -> bytes:

@@ -50,6 +50,7 @@ from cttop.netlink import (
     NetlinkError,
     NetlinkSocket,
     TruncatedDatagram,
+    decode_data_messages,
     iter_attrs,
     message,
     split_datagram,
@@ -695,6 +696,66 @@ def test_dump_survives_malformed_stale_and_cut() -> None:
     assert client._sock is not None and not sock.closed  # a clean end keeps the socket
 
 
+def test_fast_framing_yields_what_the_careful_way_does() -> None:
+    """A dump with nothing to record or filter frames and decodes each datagram in one pass
+    (`decode_data_messages`); a datagram it does not take (the end, a stale or malformed
+    message, NLM_F_DUMP_INTR) goes the careful way. Flows and counts are the same as when
+    every datagram goes the careful way (a recording sink forces that)."""
+    missing_tuples = encode_flow_message(**fields_of(9))[:20] + be32(c.CTA_MARK, 1)
+    missing_tuples = struct.pack("=I", len(missing_tuples)) + missing_tuples[4:]
+    datagrams = [
+        entry(1) + entry(2),  # clean: the fast path
+        entry(3) + missing_tuples + entry(4),  # a DecodeError: careful, skipped and counted
+        entry(5) + entry(6, seq=SEQ - 1),  # stale
+        entry(7, msg_flags=NLM_F_MULTI | NLM_F_DUMP_INTR),
+        entry(8) + entry(8),  # clean, a key sent twice
+        entry(11) + entry(12) + b"\0" * 8,  # trailing bytes
+        entry(13) + done(),
+        entry(14),  # after DONE: never received
+    ]
+    results = []
+    for sink in (None, [].append):
+        client, sock = fake_client(list(datagrams))
+        stats = DumpStats()
+        got = list(client.dump(stats, raw_sink=sink))
+        results.append((got, {name: getattr(stats, name) for name in DumpStats.__slots__}))
+        assert sock.datagrams == [entry(14)]
+    (fast, fast_stats), (careful, careful_stats) = results
+    assert fast == careful
+    assert fast == [flow_of(fields_of(i)) for i in (1, 2, 3, 4, 5, 7, 8, 8, 11, 12, 13)]
+    assert fast_stats == careful_stats
+    assert fast_stats["malformed"] == 2 and fast_stats["stale"] == 1
+    assert fast_stats["interrupted"] is True and fast_stats["datagrams"] == 7
+
+
+def test_fast_framing_declines_what_it_does_not_take() -> None:
+    """`decode_data_messages` on its own: every message handed to its decoder where the
+    datagram is clean, None (and nothing counted) where anything else is in it."""
+    seen: list[tuple[int, int, int]] = []
+
+    def where(data: bytes, off: int, end: int, family: int) -> int:
+        seen.append((off, end, family))
+        return off
+
+    clean = entry(1) + entry(2)
+    stats = DumpStats()
+    assert decode_data_messages(clean, SEQ, stats, {}, where) == [20, len(entry(1)) + 20]
+    assert seen == [(20, len(entry(1)), c.AF_INET), (len(entry(1)) + 20, len(clean), c.AF_INET)]
+    assert stats.messages == 2
+    for other in (
+        clean + done(),
+        clean + error(0),
+        entry(1) + entry(2, seq=SEQ + 1),
+        entry(1, msg_flags=NLM_F_MULTI | NLM_F_DUMP_INTR),
+        clean + b"\0" * 4,
+        clean[:-4],
+        message(CT_NEW, NLM_F_MULTI, SEQ, b""),
+    ):
+        stats = DumpStats()
+        assert decode_data_messages(other, SEQ, stats, {}, where) is None
+        assert stats.messages == 0
+
+
 def test_dump_repeated_secctx_is_skipped_or_decoded_never_a_crash() -> None:
     """The same (odd but well-framed) message twice in one dump: the second goes through the
     fast decoder's compiled shape. It must yield what the reference decoder yields (or skip
@@ -729,8 +790,9 @@ def test_dump_eperm_is_permission_denied() -> None:
             flows_seen.append(flow)
     assert str(info.value) == "cttop needs root or CAP_NET_ADMIN to read the conntrack table"
     assert info.value.errno == errno.EPERM
-    # A fresh client receives its first dump whole before decoding it: nothing came out.
-    assert flows_seen == []
+    # Framed as it is decoded (a fresh client's first dump too, received whole first): the
+    # entry before the error came out, then the error stopped the dump.
+    assert flows_seen == [flow_of(fields_of(1))]
     assert sock.closed and client._sock is None  # never reuse a half-read socket
 
 

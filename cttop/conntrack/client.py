@@ -29,6 +29,8 @@ from cttop.netlink import (
     NetlinkError,
     NetlinkSocket,
     attr,
+    decode_data_messages,
+    frame_answer,
     iter_attrs,
     nest,
 )
@@ -130,11 +132,10 @@ class DumpFilter:
 RawSink = Callable[[bytes], None]
 
 
-_Datagram = tuple[bytes, list[tuple[int, int]], "tuple[int, int] | None"]
 _TRIM_EVERY = 256  # datagrams (~8 MiB)
 
 
-def _drained(received: list[_Datagram]) -> Iterator[_Datagram]:
+def _drained(received: list[bytes]) -> Iterator[bytes]:
     """The datagrams of a dump received whole, in order, each let go once the next is asked
     for, the C heap trimmed as they go: the dump's bytes (62 MiB at 250k flows) and the flows
     decoded from them are not all resident at once."""
@@ -221,10 +222,6 @@ class ConntrackClient:
         """
         stats = stats if stats is not None else DumpStats()
         flt = self.filter
-        check = not flt.empty
-        fast = not check and raw_sink is None
-        decode = self.decoder.decode
-        entry, fallback = self.decoder.entries.get, self.decoder.fallback
         # A flow expires its CTA_TIMEOUT after one time for the whole dump: its middle, as
         # far as the last dump's length tells, which is the snapshot's time when the table
         # is steady. Counted to that time, every flow shows the seconds left the kernel sent,
@@ -241,7 +238,8 @@ class ConntrackClient:
         self.decoder.begin()
         with self._session() as sock:
             seq = sock.send(_CT | c.IPCTNL_MSG_CT_GET, NLM_F_DUMP, payload)
-            datagrams: Iterable[_Datagram] = sock.dump_datagrams(seq, stats)
+            answer = sock.receive_answer(seq, stats)
+            datagrams: Iterable[bytes] = answer
             half = (self.last_read[1] - self.last_read[0]) / 2  # as the last dump took
             received = 0.0
             if cold:
@@ -249,40 +247,55 @@ class ConntrackClient:
                 received = time.monotonic()
                 half = (received - started) / 2
             self.decoder.clock[0] = wall + half
-            for data, offsets, ending in datagrams:
-                if fast:
-                    # Nothing recorded, nothing to filter: one comprehension per datagram.
-                    # A message too short or malformed sends the datagram the careful way.
-                    try:
-                        yield [
-                            entry(end - off - _PAYLOAD, fallback)(
-                                data, off + _PAYLOAD, end, data[off + _FAMILY]
-                            )
-                            for off, end in offsets
-                        ]
-                        continue
-                    except (DecodeError, IndexError):
-                        pass
-                batch: list[Flow] = []
-                for off, end in offsets:
-                    if raw_sink is not None:
-                        raw_sink(data[off:end])
-                    if end - off < _PAYLOAD:
-                        stats.malformed += 1
-                        continue
-                    try:
-                        flow = decode(data, off + _PAYLOAD, end, data[off + _FAMILY])
-                    except DecodeError:
-                        stats.malformed += 1
-                        continue
-                    if check and not flt.match(flow):
-                        continue
-                    batch.append(flow)
-                if ending is not None and raw_sink is not None:
-                    raw_sink(data[ending[0] : ending[1]])
-                yield batch
+            try:
+                yield from self._decode_answer(datagrams, seq, stats, raw_sink)
+            finally:
+                answer.close()
         self.last_read = (started, received if cold else time.monotonic())
         self.decoder.end()
+
+    def _decode_answer(
+        self, datagrams: Iterable[bytes], seq: int, stats: DumpStats, raw_sink: RawSink | None
+    ) -> Iterator[list[Flow]]:
+        """The flows of each datagram of the answer, up to the one that ends it."""
+        flt = self.filter
+        check = not flt.empty
+        fast = not check and raw_sink is None
+        decode = self.decoder.decode
+        decoders, fallback = self.decoder.entries, self.decoder.fallback
+        for data in datagrams:
+            if fast:
+                # Nothing recorded, nothing to filter: framed and decoded in one pass.
+                # The datagram that ends the dump, and one with a message too short or
+                # malformed, go the careful way.
+                try:
+                    flows = decode_data_messages(data, seq, stats, decoders, fallback)
+                except (DecodeError, IndexError):
+                    flows = None
+                if flows is not None:
+                    yield flows
+                    continue
+            offsets, ending = frame_answer(data, seq, stats)
+            batch: list[Flow] = []
+            for off, end in offsets:
+                if raw_sink is not None:
+                    raw_sink(data[off:end])
+                if end - off < _PAYLOAD:
+                    stats.malformed += 1
+                    continue
+                try:
+                    flow = decode(data, off + _PAYLOAD, end, data[off + _FAMILY])
+                except DecodeError:
+                    stats.malformed += 1
+                    continue
+                if check and not flt.match(flow):
+                    continue
+                batch.append(flow)
+            if ending is not None and raw_sink is not None:
+                raw_sink(data[ending[0] : ending[1]])
+            yield batch
+            if ending is not None:
+                break
 
     def dump(
         self, stats: DumpStats | None = None, raw_sink: RawSink | None = None

@@ -575,14 +575,14 @@ def poll_breakdown(client: ConntrackClient, repeat: int) -> dict[str, Any]:
             gc.enable()
         del flows, frames
         sock = client._open()
-        threaded = sock.dump_datagrams
-        sock.dump_datagrams = functools.partial(  # type: ignore[method-assign]
-            NetlinkSocket.dump_datagrams, sock, threaded=False
+        threaded = sock.receive_answer
+        sock.receive_answer = functools.partial(  # type: ignore[method-assign]
+            NetlinkSocket.receive_answer, sock, threaded=False
         )
         t0 = pc()
         snap = client.snapshot()
         add("snapshot_without_thread", pc() - t0)
-        sock.dump_datagrams = threaded  # type: ignore[method-assign]
+        sock.receive_answer = threaded  # type: ignore[method-assign]
         del snap
         t0 = pc()
         snap = client.snapshot()
