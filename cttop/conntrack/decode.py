@@ -53,22 +53,11 @@ _INTS: dict[int, int] = {}
 _INTS_MAX: Final = 1 << 17
 
 
-# Expiry times too: a dump's time plus the seconds left, which many entries share (a batch of
-# flows made in the same second, the entries a cold first dump decodes). Shared, a big table
-# holds far fewer float objects (24 bytes each), and the compiled decoders, which read the
-# cached flow's expiry at every message, find the few that are left in the CPU's cache.
-_EXPIRIES: dict[float, float] = {}
-_EXPIRIES_MAX: Final = 1 << 16
-
-
 def _bound_shared_ints() -> None:
-    """Empty the tables of shared ints and expiry times when they grew past their bounds
-    (marks can be as many as flows). Called per dump and per reference decode, never per
-    compiled one."""
+    """Empty the table of shared ints when it grew past its bound (marks can be as many as
+    flows). Called per dump and per reference decode, never per compiled one."""
     if len(_INTS) > _INTS_MAX:
         _INTS.clear()
-    if len(_EXPIRIES) > _EXPIRIES_MAX:
-        _EXPIRIES.clear()
 
 
 def _addr_text(raw: bytes) -> str:
@@ -652,7 +641,7 @@ def _compile_shape(
         f.get("id", "None"),
         _shared(f["status"]) if "status" in f else "None",
         f.get("state", "None"),
-        "E(now + " + f["timeout"] + ", now + " + f["timeout"] + ")" if "timeout" in f else "None",
+        f"now + {f['timeout']}" if "timeout" in f else "None",
         _shared(f["mark"]) if "mark" in f else "None",
         f.get("zone", "0"),
         f.get("use", "None"),
@@ -713,7 +702,7 @@ def _compile_shape(
     hit = ""
     if _EXPIRES in values:
         hit = f"        e = clock[0] + {values[_EXPIRES]}\n"
-        values[_EXPIRES] = "E(e, e)"
+        values[_EXPIRES] = "e"
         same.insert(0, "-SAME < h[7] - e < SAME")
     if same:
         names = [f"f{i}" for i in range(len(Flow._fields))]
@@ -760,7 +749,6 @@ def _compile_shape(
         "_labels": _labels,
         "_cstring": _cstring,
         "I": _INTS.setdefault,
-        "E": _EXPIRIES.setdefault,
         "box": shape.box,
         "miss": miss,
         "clock": clock,
