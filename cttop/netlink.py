@@ -179,9 +179,10 @@ def split_datagram(data: bytes, stats: DumpStats) -> Iterator[Message]:
 
 
 def frame_answer(
-    data: bytes, seq: int, stats: DumpStats
+    data: bytes, seq: int, stats: DumpStats, start: int = 0
 ) -> tuple[list[tuple[int, int]], tuple[int, int] | None]:
-    """Frame one datagram of the answer to request `seq`.
+    """Frame one datagram of the answer to request `seq` (from the message at `start`: where
+    `decode_data_messages` stopped).
 
     Returns the (start, end) of each data message, and of the message that ended the answer
     (NLMSG_DONE or an ACK) if this datagram holds it. Negative errnos in NLMSG_ERROR or
@@ -189,15 +190,14 @@ def frame_answer(
     """
     out: list[tuple[int, int]] = []
     try:
-        return _frame(data, seq, stats, out)
+        return _frame(data, seq, stats, out, start)
     finally:
         stats.messages += len(out)  # counted once a datagram: this runs per message
 
 
 def _frame(
-    data: bytes, seq: int, stats: DumpStats, out: list[tuple[int, int]]
+    data: bytes, seq: int, stats: DumpStats, out: list[tuple[int, int]], off: int
 ) -> tuple[list[tuple[int, int]], tuple[int, int] | None]:
-    off = 0
     n = len(data)
     unpack = _LEN_TYPE_SEQ.unpack_from
     append = out.append
@@ -243,8 +243,8 @@ def _frame(
 
 
 # A netfilter message: the netlink header, then nfgenmsg (family, version, resource id).
-_NF_FAMILY: Final = 16  # NLMSG_HDR.size: nfgen_family is the first byte after the header
-_NF_PAYLOAD: Final = 20  # NLMSG_HDR.size + NFGENMSG.size: where the attributes start
+NF_FAMILY: Final = NLMSG_HDR.size  # nfgen_family: the first byte after the netlink header
+NF_PAYLOAD: Final = NLMSG_HDR.size + NFGENMSG.size  # where the attributes start
 
 _T = TypeVar("_T")
 
@@ -255,16 +255,18 @@ def decode_data_messages(
     stats: DumpStats,
     decoders: Mapping[int, Callable[[bytes, int, int, int], _T]],
     fallback: Callable[[bytes, int, int, int], _T],
-) -> list[_T] | None:
-    """Frame and decode a datagram of netfilter messages in one pass, if it holds nothing but
-    data messages answering `seq` (every datagram of a dump but its last): each is decoded by
-    `decoders.get(payload length, fallback)(data, payload start, end, nfgen_family)`.
+) -> tuple[list[_T], int]:
+    """Frame and decode a datagram of netfilter messages in one pass, as far as it holds data
+    messages answering `seq` (every datagram of a dump but its last holds nothing else): each
+    is decoded by `decoders.get(payload length, fallback)(data, payload start, end,
+    nfgen_family)`.
 
-    None, with nothing counted, for any other datagram — a control message (the end of the
-    answer), another sequence number, NLM_F_DUMP_INTR, a length that does not add up: frame
-    it with `frame_answer`, which says what it is. A decoder's exception goes to the caller,
-    with nothing counted either. One loop instead of framing's and then decoding's: at 250k
-    flows a tenth of the poll's Python time.
+    Returns the decodes and where it stopped: the datagram's length, or the first message it
+    does not take — a control message (the end of the answer), another sequence number,
+    NLM_F_DUMP_INTR, a length that does not add up — for `frame_answer(..., start=)` to say
+    what that is. Counted: the messages decoded. A decoder's exception goes to the caller,
+    with nothing counted. One loop instead of framing's and then decoding's: at 250k flows,
+    ~60 ms less of the poll's Python time.
     """
     off = 0
     n = len(data)
@@ -272,30 +274,28 @@ def decode_data_messages(
     get = decoders.get
     out: list[_T] = []
     append = out.append
-    while n - off >= _NF_PAYLOAD:
+    while n - off >= NF_PAYLOAD:
         length, t, flags, mseq = unpack(data, off)
         end = off + length
         if (
             t < NLMSG_MIN_TYPE
             or mseq != seq
             or flags & NLM_F_DUMP_INTR
-            or length < _NF_PAYLOAD
+            or length < NF_PAYLOAD
             or end > n
         ):
-            return None
-        decode = get(length - _NF_PAYLOAD, fallback)
-        append(decode(data, off + _NF_PAYLOAD, end, data[off + _NF_FAMILY]))
+            break
+        decode = get(length - NF_PAYLOAD, fallback)
+        append(decode(data, off + NF_PAYLOAD, end, data[off + NF_FAMILY]))
         off += (length + 3) & ~3
-    if off < n:  # what frame_answer would count as malformed, or a short message
-        return None
     stats.messages += len(out)
-    return out
+    return out, off
 
 
-def _ends_answer(data: bytes, seq: int) -> bool:
+def ends_answer(data: bytes, seq: int) -> bool:
     """Does this datagram hold the message that ends the answer to `seq` (done, error,
-    overrun)? The receiving thread asks this to know when to stop; the consumer still checks
-    everything properly in frame_answer. Broken framing is not an end: the kernel goes on.
+    overrun)? What receiving asks to know when to stop (`frame_answer` still checks
+    everything properly). Broken framing is not an end: the kernel goes on.
     """
     off = 0
     n = len(data)
@@ -332,7 +332,7 @@ class _Receiver(threading.Thread):
             while not self.stopping:
                 batch = self.nl.recv_batch()
                 self._put(batch)
-                if _ends_answer(batch[-1], self.seq):
+                if ends_answer(batch[-1], self.seq):
                     return
         except BaseException as e:  # handed to the consumer, raised there
             self._put(e)
@@ -592,9 +592,10 @@ class NetlinkSocket:
         self, seq: int, stats: DumpStats, threaded: bool = True
     ) -> Generator[bytes, None, None]:
         """The datagrams answering dump request `seq`, as received, not framed: the caller
-        frames them (`frame_answer`, or `decode_data_messages` first) and stops at the one
-        that ends the answer. Ends after it in any case: the message that ends an answer is
-        the last the kernel sends, so it ends the batch it came in.
+        frames them (`decode_data_messages`, `frame_answer`) and stops at the one that ends
+        the answer. Ends after a batch whose last datagram ends it (the end is the last the
+        kernel sends); a caller that takes them without framing (a dump received whole)
+        stops at the datagram `ends_answer` says ends it.
 
         With `threaded`, another thread receives while the caller decodes: the kernel builds
         each datagram inside recv(), which releases the GIL, so its work and ours overlap.
@@ -609,7 +610,7 @@ class NetlinkSocket:
                 for data in batch:
                     stats.datagrams += 1
                     yield data
-                if _ends_answer(batch[-1], seq):
+                if ends_answer(batch[-1], seq):
                     return
         finally:
             if receiver is not None:

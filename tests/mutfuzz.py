@@ -23,7 +23,7 @@ Every input goes through:
 * one datagram of 1-4 inputs (and sometimes a control message) through `split_datagram` and
   `frame_answer`: messages in bounds, aligned and in order; `frame_answer` agrees with an oracle
   built on `split_datagram` (which messages are data, which are stale, where the answer ends, which
-  errno it raises) and with `_ends_answer`, the receiving thread's idea of where the answer ends;
+  errno it raises) and with `ends_answer`, the receiving thread's idea of where the answer ends;
   `decode_data_messages`, the fast path's framing, takes only what frame_answer finds clean.
 
 Hangs: a watchdog (SIGALRM) bounds every block of inputs; a hang is reported with the input.
@@ -57,8 +57,8 @@ from cttop.netlink import (
     NLMSG_OVERRUN,
     DumpStats,
     NetlinkErrno,
-    _ends_answer,
     decode_data_messages,
+    ends_answer,
     frame_answer,
     message,
     split_datagram,
@@ -680,14 +680,14 @@ def check_datagram(data: bytes, seq: int, report: Report) -> None:
             report.fail("frame_answer", data, f"counted {stats.messages} for {len(out)} messages")
         got_end = ending is not None
     check_fused_framing(data, seq, report)
-    ends = _ends_answer(data, seq)
+    ends = ends_answer(data, seq)
     if ends != got_end:
         short_error = any(
             m.seq == seq and m.type == NLMSG_ERROR and m.end - m.off < HDR + 4
             for m in split_datagram(data, DumpStats())
         )
         report.fail(
-            "_ends_answer (short NLMSG_ERROR)" if short_error else "_ends_answer",
+            "ends_answer (short NLMSG_ERROR)" if short_error else "ends_answer",
             data,
             f"receiving thread says the answer {'ends' if ends else 'goes on'} here, "
             f"frame_answer says it {'ends' if got_end else 'goes on'}",
@@ -699,39 +699,48 @@ def _message_bounds(data: bytes, off: int, end: int, family: int) -> tuple[int, 
     return off - PAYLOAD, end, family
 
 
-def check_fused_framing(data: bytes, seq: int, report: Report) -> None:
-    """`decode_data_messages`, the fast path's framing, takes a datagram only where the
-    careful way (`frame_answer`) would find nothing but data messages of `seq`, all of them
-    decodable lengths, nothing to count and no end; and then it calls the decoder on exactly
-    those messages."""
+def _framed(
+    data: bytes, seq: int, start: int = 0
+) -> tuple[list[tuple[int, int]], tuple[int, int] | None, int, dict[str, int]]:
+    """frame_answer from `start`: (messages, ending, errno raised or 0, counts)."""
     stats = DumpStats()
     try:
-        got = decode_data_messages(data, seq, stats, {}, _message_bounds)
+        out, ending = frame_answer(data, seq, stats, start)
+        err = 0
+    except NetlinkErrno as e:
+        out, ending, err = [], None, e.errno
+    return out, ending, err, {name: getattr(stats, name) for name in DumpStats.__slots__}
+
+
+def check_fused_framing(data: bytes, seq: int, report: Report) -> None:
+    """`decode_data_messages`, the fast path's framing, takes the datagram's leading data
+    messages of `seq` and hands each to its decoder; `frame_answer` from where it stopped
+    must then say what frame_answer says of the whole datagram, about the rest of it."""
+    stats = DumpStats()
+    try:
+        got, at = decode_data_messages(data, seq, stats, {}, _message_bounds)
     except Hang:
         raise
     except Exception as e:
         report.fail("decode_data_messages", data, f"{type(e).__name__}: {e}")
         return
-    if got is None:
-        return
-    report.fused += 1
-    careful = DumpStats()
-    try:
-        out, ending = frame_answer(data, seq, careful)
-    except NetlinkErrno as e:
-        report.fail("decode_data_messages", data, f"took a datagram that raises {e.errno}")
-        return
-    want = [(off, end, data[off + HDR]) for off, end in out if end - off >= PAYLOAD]
+    if got:
+        report.fused += 1
+    whole, ending, err, counts = _framed(data, seq)
+    rest, rest_ending, rest_err, rest_counts = _framed(data, seq, at)
+    taken = [(off, end) for off, end, _family in got]
     problems = []
-    if ending is not None:
-        problems.append("took the end of the answer")
-    if careful.malformed or careful.stale or careful.interrupted or len(want) != len(out):
-        counts = {name: getattr(careful, name) for name in DumpStats.__slots__}
-        problems.append(f"took a datagram framing counts: {counts}")
-    if got != want:
-        problems.append(f"decoded {got}, framing says {want}")
-    if stats.messages != len(got):
-        problems.append(f"counted {stats.messages} for {len(got)} messages")
+    if not all(end - off >= PAYLOAD for off, end in taken):
+        problems.append(f"took a message too short to decode: {taken}")
+    if not err and whole != taken + rest:  # (an errno: frame_answer returns nothing)
+        problems.append(f"took {taken}, then framing found {rest}; of the whole: {whole}")
+    if got != [(off, end, data[off + HDR]) for off, end in taken]:
+        problems.append(f"decoded {got}")
+    if (rest_ending, rest_err) != (ending, err):
+        problems.append(f"the rest ends {rest_ending} errno {rest_err}, not {ending} {err}")
+    rest_counts["messages"] += stats.messages
+    if not err and rest_counts != counts:
+        problems.append(f"counted {rest_counts} with what it took, not {counts}")
     for problem in problems:
         report.fail("decode_data_messages", data, problem)
 

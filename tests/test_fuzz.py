@@ -696,64 +696,109 @@ def test_dump_survives_malformed_stale_and_cut() -> None:
     assert client._sock is not None and not sock.closed  # a clean end keeps the socket
 
 
-def test_fast_framing_yields_what_the_careful_way_does() -> None:
+def test_fast_framing_yields_what_the_careful_way_does(monkeypatch: pytest.MonkeyPatch) -> None:
     """A dump with nothing to record or filter frames and decodes each datagram in one pass
-    (`decode_data_messages`); a datagram it does not take (the end, a stale or malformed
-    message, NLM_F_DUMP_INTR) goes the careful way. Flows and counts are the same as when
-    every datagram goes the careful way (a recording sink forces that)."""
+    (`decode_data_messages`) as far as it holds data messages of the dump; from a message it
+    does not take (the end, a stale or malformed one, NLM_F_DUMP_INTR), the careful way.
+    Flows and counts are those of the careful way for every datagram (a recording sink forces
+    it), on a client's first dump (received whole first) and on the next (streamed)."""
     missing_tuples = encode_flow_message(**fields_of(9))[:20] + be32(c.CTA_MARK, 1)
     missing_tuples = struct.pack("=I", len(missing_tuples)) + missing_tuples[4:]
     datagrams = [
         entry(1) + entry(2),  # clean: the fast path
         entry(3) + missing_tuples + entry(4),  # a DecodeError: careful, skipped and counted
-        entry(5) + entry(6, seq=SEQ - 1),  # stale
+        entry(5) + entry(6, seq=SEQ - 1) + entry(15),  # stale: careful from there
         entry(7, msg_flags=NLM_F_MULTI | NLM_F_DUMP_INTR),
         entry(8) + entry(8),  # clean, a key sent twice
         entry(11) + entry(12) + b"\0" * 8,  # trailing bytes
         entry(13) + done(),
         entry(14),  # after DONE: never received
     ]
-    results = []
+    want = [flow_of(fields_of(i)) for i in (1, 2, 3, 4, 5, 15, 7, 8, 8, 11, 12, 13)]
+    fused: list[int] = []
+    real = client_module.decode_data_messages
+
+    def spy(data: bytes, *args: Any) -> tuple[list[Flow], int]:
+        flows, at = real(data, *args)
+        fused.append(len(flows))
+        return flows, at
+
+    monkeypatch.setattr(client_module, "decode_data_messages", spy)
     for sink in (None, [].append):
-        client, sock = fake_client(list(datagrams))
-        stats = DumpStats()
-        got = list(client.dump(stats, raw_sink=sink))
-        results.append((got, {name: getattr(stats, name) for name in DumpStats.__slots__}))
-        assert sock.datagrams == [entry(14)]
-    (fast, fast_stats), (careful, careful_stats) = results
-    assert fast == careful
-    assert fast == [flow_of(fields_of(i)) for i in (1, 2, 3, 4, 5, 7, 8, 8, 11, 12, 13)]
-    assert fast_stats == careful_stats
-    assert fast_stats["malformed"] == 2 and fast_stats["stale"] == 1
-    assert fast_stats["interrupted"] is True and fast_stats["datagrams"] == 7
+        client, sock = fake_client(datagrams + datagrams)  # two dumps
+        for dump in ("first", "next"):
+            assert client._sock is not None
+            client._sock.seq = SEQ - 1  # the same datagrams answer the next request
+            stats = DumpStats()
+            fused.clear()
+            assert list(client.dump(stats, raw_sink=sink)) == want, dump
+            counts = {name: getattr(stats, name) for name in DumpStats.__slots__}
+            assert counts == {
+                "datagrams": 7,
+                "messages": 13,
+                "malformed": 2,  # missing tuples, trailing bytes
+                "stale": 1,
+                "interrupted": True,
+            }, dump
+            # Taken by the fast path: 1, 2 | 5 (to the stale one) | 8, 8 | 11, 12 | 13 (to
+            # DONE); datagrams 2 and 4 went the careful way whole. None with a sink.
+            assert fused == ([2, 1, 0, 2, 2, 1] if sink is None else []), dump
+            sock.datagrams.pop(0)  # the datagram after DONE, never received
 
 
-def test_fast_framing_declines_what_it_does_not_take() -> None:
-    """`decode_data_messages` on its own: every message handed to its decoder where the
-    datagram is clean, None (and nothing counted) where anything else is in it."""
+def test_fast_framing_stops_where_the_data_messages_stop() -> None:
+    """`decode_data_messages` on its own: every leading data message of the dump handed to
+    its decoder, and where it stopped; counted, the messages it took."""
     seen: list[tuple[int, int, int]] = []
 
     def where(data: bytes, off: int, end: int, family: int) -> int:
         seen.append((off, end, family))
         return off
 
-    clean = entry(1) + entry(2)
+    one, two = entry(1), entry(2)
+    clean = one + two
     stats = DumpStats()
-    assert decode_data_messages(clean, SEQ, stats, {}, where) == [20, len(entry(1)) + 20]
-    assert seen == [(20, len(entry(1)), c.AF_INET), (len(entry(1)) + 20, len(clean), c.AF_INET)]
+    assert decode_data_messages(clean, SEQ, stats, {}, where) == ([20, len(one) + 20], len(clean))
+    assert seen == [(20, len(one), c.AF_INET), (len(one) + 20, len(clean), c.AF_INET)]
     assert stats.messages == 2
-    for other in (
-        clean + done(),
-        clean + error(0),
-        entry(1) + entry(2, seq=SEQ + 1),
-        entry(1, msg_flags=NLM_F_MULTI | NLM_F_DUMP_INTR),
-        clean + b"\0" * 4,
-        clean[:-4],
-        message(CT_NEW, NLM_F_MULTI, SEQ, b""),
+    unpadded = one + message(CT_NEW, NLM_F_MULTI, SEQ, two[16:-1])  # its length not 4-aligned
+    stats = DumpStats()
+    assert decode_data_messages(unpadded, SEQ, stats, {}, where)[1] >= len(unpadded)
+    assert stats.messages == 2
+    for other, stop in (
+        (clean + done(), len(clean)),
+        (clean + error(0), len(clean)),
+        (one + entry(2, seq=SEQ + 1), len(one)),
+        (one + entry(2, msg_flags=NLM_F_MULTI | NLM_F_DUMP_INTR), len(one)),
+        (clean + b"\0" * 3, len(clean)),
+        (clean + b"\0" * 19, len(clean)),
+        (clean + message(NLMSG_DONE, NLM_F_MULTI, SEQ, b""), len(clean)),  # bare, 16 bytes
+        (clean[:-4], len(one)),  # the last message runs past the datagram
+        (message(CT_NEW, NLM_F_MULTI, SEQ, b"") + clean, 0),  # shorter than nfgenmsg
     ):
         stats = DumpStats()
-        assert decode_data_messages(other, SEQ, stats, {}, where) is None
-        assert stats.messages == 0
+        flows, at = decode_data_messages(other, SEQ, stats, {}, where)
+        assert at == stop and stats.messages == len(flows) == stop // len(one)
+
+
+def test_a_first_dump_ends_at_the_end_whatever_comes_after_it_in_a_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A first dump is received whole before it is decoded: it ends at the datagram that ends
+    the answer, even where something came after it in the same batch of recvmmsg (an event
+    on a socket that listens to them), and does not wait for more."""
+    batches = [[entry(1), entry(2) + done(), entry(50, seq=0)]]
+
+    def recv_batch(self: NetlinkSocket) -> list[bytes]:
+        if not batches:
+            raise NetlinkError("asked for more after the end of the answer")
+        return batches.pop(0)
+
+    monkeypatch.setattr(NetlinkSocket, "recv_batch", recv_batch)
+    client, _sock = fake_client([])
+    stats = DumpStats()
+    assert list(client.dump(stats)) == [flow_of(fields_of(1)), flow_of(fields_of(2))]
+    assert stats.datagrams == 2  # the event after the end was received, never read
 
 
 def test_dump_repeated_secctx_is_skipped_or_decoded_never_a_crash() -> None:
@@ -803,7 +848,7 @@ def test_a_dump_received_whole_is_let_go_as_it_is_decoded(
     handed out is no longer held by the client; the heap is trimmed every few hundred."""
     trims: list[int] = []
     monkeypatch.setattr(client_module, "trim_heap", lambda: trims.append(len(received)))
-    items = [(bytes([i % 256]) * 8, [(0, 8)], None) for i in range(600)]
+    items = [bytes([i % 256]) * 8 for i in range(600)]
     received = list(items)
     seen = []
     for item in client_module._drained(received):

@@ -108,8 +108,8 @@ def test_mutation_fuzz_has_teeth(monkeypatch: pytest.MonkeyPatch) -> None:
             raise IndexError("boom")
         return real_decode(buf, off, end)
 
-    def dropping(data: bytes, seq: int, stats: DumpStats) -> Any:
-        out, ending = real_frame(data, seq, stats)
+    def dropping(data: bytes, seq: int, stats: DumpStats, start: int = 0) -> Any:
+        out, ending = real_frame(data, seq, stats, start)
         return out[:-1], ending
 
     monkeypatch.setattr(mutfuzz, "decode_message", crashing)
@@ -117,6 +117,17 @@ def test_mutation_fuzz_has_teeth(monkeypatch: pytest.MonkeyPatch) -> None:
     report = mutfuzz.fuzz(3000, seed=5)
     assert any(k.startswith("decode_message: IndexError") for k in report.kinds), report.kinds
     assert any(k.startswith("frame_answer: framed") for k in report.kinds), report.kinds
+    monkeypatch.undo()
+
+    real_fused = mutfuzz.decode_data_messages
+
+    def skipping(data: bytes, *args: Any) -> Any:
+        flows, at = real_fused(data, *args)
+        return flows[1:], at  # the first message taken, never decoded
+
+    monkeypatch.setattr(mutfuzz, "decode_data_messages", skipping)
+    report = mutfuzz.fuzz(3000, seed=5)
+    assert any(k.startswith("decode_data_messages: took") for k in report.kinds), report.kinds
     monkeypatch.undo()
 
     class Lying(mutfuzz.FastDecoder):

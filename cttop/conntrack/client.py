@@ -19,10 +19,10 @@ from cttop.conntrack.decode import DecodeError, FastDecoder, decode_tuple
 from cttop.conntrack.model import Flow, FlowFeed, FlowKey, Snapshot, Tuple
 from cttop.heap import trim_heap
 from cttop.netlink import (
-    NFGENMSG,
+    NF_FAMILY,
+    NF_PAYLOAD,
     NLM_F_ACK,
     NLM_F_DUMP,
-    NLMSG_HDR,
     DumpStats,
     Message,
     NetlinkErrno,
@@ -30,16 +30,15 @@ from cttop.netlink import (
     NetlinkSocket,
     attr,
     decode_data_messages,
+    ends_answer,
     frame_answer,
     iter_attrs,
     nest,
 )
 
 _CT = c.NFNL_SUBSYS_CTNETLINK << 8
-_PAYLOAD = NLMSG_HDR.size + NFGENMSG.size
 _BUCKETS = "/proc/sys/net/netfilter/nf_conntrack_buckets"
 _RESIZE_RETRIES = 3
-_FAMILY = NLMSG_HDR.size  # nfgen_family: the first byte after the netlink header
 
 
 class ConntrackError(Exception):
@@ -242,12 +241,17 @@ class ConntrackClient:
             datagrams: Iterable[bytes] = answer
             half = (self.last_read[1] - self.last_read[0]) / 2  # as the last dump took
             received = 0.0
-            if cold:
-                datagrams = _drained(list(datagrams))
-                received = time.monotonic()
-                half = (received - started) / 2
-            self.decoder.clock[0] = wall + half
             try:
+                if cold:
+                    whole = []
+                    for data in answer:
+                        whole.append(data)
+                        if ends_answer(data, seq):
+                            break
+                    datagrams = _drained(whole)
+                    received = time.monotonic()
+                    half = (received - started) / 2
+                self.decoder.clock[0] = wall + half
                 yield from self._decode_answer(datagrams, seq, stats, raw_sink)
             finally:
                 answer.close()
@@ -264,27 +268,29 @@ class ConntrackClient:
         decode = self.decoder.decode
         decoders, fallback = self.decoder.entries, self.decoder.fallback
         for data in datagrams:
-            if fast:
-                # Nothing recorded, nothing to filter: framed and decoded in one pass.
-                # The datagram that ends the dump, and one with a message too short or
-                # malformed, go the careful way.
-                try:
-                    flows = decode_data_messages(data, seq, stats, decoders, fallback)
-                except (DecodeError, IndexError):
-                    flows = None
-                if flows is not None:
-                    yield flows
-                    continue
-            offsets, ending = frame_answer(data, seq, stats)
             batch: list[Flow] = []
+            start = 0
+            if fast:
+                # Nothing recorded, nothing to filter: framed and decoded in one pass, as far
+                # as the datagram holds data messages of this dump (all of it but in the
+                # last); from where that stopped, the careful way. A message the decoder
+                # rejects sends the whole datagram the careful way, which skips and counts it.
+                try:
+                    batch, start = decode_data_messages(data, seq, stats, decoders, fallback)
+                except DecodeError:
+                    batch, start = [], 0
+                if start >= len(data):
+                    yield batch
+                    continue
+            offsets, ending = frame_answer(data, seq, stats, start)
             for off, end in offsets:
                 if raw_sink is not None:
                     raw_sink(data[off:end])
-                if end - off < _PAYLOAD:
+                if end - off < NF_PAYLOAD:
                     stats.malformed += 1
                     continue
                 try:
-                    flow = decode(data, off + _PAYLOAD, end, data[off + _FAMILY])
+                    flow = decode(data, off + NF_PAYLOAD, end, data[off + NF_FAMILY])
                 except DecodeError:
                     stats.malformed += 1
                     continue
@@ -322,7 +328,7 @@ class ConntrackClient:
             for msg in self._request(c.IPCTNL_MSG_CT_GET_STATS, 0, nfgenmsg(0), DumpStats()):
                 if raw_sink is not None:
                     raw_sink(msg.raw())
-                for t, s, e, _n in iter_attrs(msg.buf, msg.off + _PAYLOAD, msg.end):
+                for t, s, e, _n in iter_attrs(msg.buf, msg.off + NF_PAYLOAD, msg.end):
                     if e - s == 4 and t == c.CTA_STATS_GLOBAL_ENTRIES:
                         count = struct.unpack_from(">I", msg.buf, s)[0]
                     elif e - s == 4 and t == c.CTA_STATS_GLOBAL_MAX_ENTRIES:
@@ -343,7 +349,7 @@ class ConntrackClient:
         for msg in self._request(
             c.IPCTNL_MSG_CT_GET_STATS_CPU, NLM_F_DUMP, nfgenmsg(0), DumpStats()
         ):
-            for t, s, e, _n in iter_attrs(msg.buf, msg.off + _PAYLOAD, msg.end):
+            for t, s, e, _n in iter_attrs(msg.buf, msg.off + NF_PAYLOAD, msg.end):
                 name = c.STATS_CPU_NAMES.get(t)
                 if name is not None and e - s == 4:
                     totals[name] = totals.get(name, 0) + struct.unpack_from(">I", msg.buf, s)[0]

@@ -529,14 +529,15 @@ def profile_worker(n: int, interval: float) -> dict[str, Any]:
 
 
 def poll_breakdown(client: ConntrackClient, repeat: int) -> dict[str, Any]:
-    """Where a poll's time goes, without a profiler: the kernel alone (raw floor), receiving and
-    framing without decoding, the Python side alone (the same datagrams decoded again from
-    memory, into the dict, with a warm decoder), and the snapshot without and with the receiving
-    thread that overlaps the kernel's work with decoding."""
+    """Where a poll's time goes, without a profiler: the kernel alone (raw floor), receiving
+    without framing or decoding, the Python side alone (the same datagrams framed and decoded
+    again from memory as a poll does, into the dict and not, with a warm decoder), and the
+    snapshot without and with the receiving thread that overlaps the kernel's work with
+    decoding."""
     import functools
 
-    from cttop.conntrack.client import _CT, _FAMILY, _PAYLOAD, nfgenmsg
-    from cttop.netlink import NLM_F_DUMP, DumpStats, NetlinkSocket
+    from cttop.conntrack.client import _CT, nfgenmsg
+    from cttop.netlink import NLM_F_DUMP, DumpStats, NetlinkSocket, decode_data_messages
 
     pc = time.perf_counter
     series: dict[str, list[float]] = {}
@@ -549,28 +550,27 @@ def poll_breakdown(client: ConntrackClient, repeat: int) -> dict[str, Any]:
         sock = client._open()
         seq = sock.send(_CT | c.IPCTNL_MSG_CT_GET, NLM_F_DUMP, nfgenmsg(c.AF_UNSPEC))
         t0 = pc()
-        frames = list(sock.dump_datagrams(seq, DumpStats(), threaded=False))
-        add("recv_copy_frame", pc() - t0)
+        frames = list(sock.receive_answer(seq, DumpStats(), threaded=False))
+        add("recv_copy", pc() - t0)
         decoder = client.decoder
-        decode = decoder.decode
+        entries, fallback = decoder.entries, decoder.fallback
+        stats = DumpStats()
         gc.disable()
         try:
             t0 = pc()
             decoder.begin()
             flows: dict[Any, Any] = {}
-            for data, offsets, _ending in frames:
-                for off, end in offsets:
-                    flow = decode(data, off + _PAYLOAD, end, data[off + _FAMILY])
+            for data in frames:
+                for flow in decode_data_messages(data, seq, stats, entries, fallback)[0]:
                     flows[(flow.zone, flow.orig, flow.id)] = flow
             decoder.end()
             add("decode_into_dict_from_memory", pc() - t0)
             t0 = pc()
             decoder.begin()
-            for data, offsets, _ending in frames:
-                for off, end in offsets:
-                    decode(data, off + _PAYLOAD, end, data[off + _FAMILY])
+            for data in frames:
+                decode_data_messages(data, seq, stats, entries, fallback)
             decoder.end()
-            add("decode_only_from_memory", pc() - t0)
+            add("frame_and_decode_from_memory", pc() - t0)
         finally:
             gc.enable()
         del flows, frames

@@ -36,10 +36,10 @@ def worker(n: int, share: float, dumps: int) -> dict[str, Any]:
     import gc
 
     from cttop.conntrack import const as c
-    from cttop.conntrack.client import _CT, _FAMILY, _PAYLOAD, ConntrackClient, nfgenmsg
+    from cttop.conntrack.client import _CT, ConntrackClient, nfgenmsg
     from cttop.conntrack.decode import FastDecoder
     from cttop.heap import trim_heap, tune_allocator
-    from cttop.netlink import NLM_F_DUMP, DumpStats, iter_attrs
+    from cttop.netlink import NF_FAMILY, NF_PAYLOAD, NLM_F_DUMP, DumpStats, iter_attrs
 
     tune_allocator()
     client = ConntrackClient()
@@ -55,7 +55,7 @@ def worker(n: int, share: float, dumps: int) -> dict[str, Any]:
     for data, offsets in frames:
         raw = bytes(data)
         for off, end in offsets:
-            for t, s, e, _n in iter_attrs(raw, off + _PAYLOAD, end):
+            for t, s, e, _n in iter_attrs(raw, off + NF_PAYLOAD, end):
                 if t == c.CTA_COUNTERS_ORIG:
                     spots += [
                         (data, cs + 7)
@@ -75,7 +75,7 @@ def worker(n: int, share: float, dumps: int) -> dict[str, Any]:
         decoder.clock[0] = time.time()
         t0 = time.perf_counter()
         flows = [
-            decoder.decode(data, off + _PAYLOAD, end, data[off + _FAMILY])
+            decoder.decode(data, off + NF_PAYLOAD, end, data[off + NF_FAMILY])
             for data, offsets in messages
             for off, end in offsets
         ]
