@@ -383,21 +383,30 @@ class StepFeed:
             at += 1
             key = (f.zone, f.orig, f.id)
             flows[key] = f
-            pairs[f.protonum, f.state] += 1
-            p = get(key)
-            if p is None:
-                # New (a key that comes twice in one dump shows in `end`'s count).
-                back = vanished.get(key) if vanished else None
-                if back is not None and back[2] >= oldest:
-                    self.returned.append((len(rates), key, f))
-                else:
-                    self.new.append(key)
-                    if not _metered(f):
-                        self.no_counters += 1
-                append(None)
-                continue
-            pairs[p.protonum, p.state] -= 1
-            j = self._follow(p, key, j)
+            p = prev[j] if j < n else None
+            if p is not None and f.orig is p.orig and f.id == p.id and f.zone == p.zone:
+                # The last dump's flow at this place, decoded again from its cached tuples
+                # (its counters or its expiry moved): in step, and no lookup.
+                j += 1
+                if f.state != p.state or f.protonum != p.protonum:
+                    pairs[f.protonum, f.state] += 1
+                    pairs[p.protonum, p.state] -= 1
+            else:
+                pairs[f.protonum, f.state] += 1
+                p = get(key)
+                if p is None:
+                    # New (a key that comes twice in one dump shows in `end`'s count).
+                    back = vanished.get(key) if vanished else None
+                    if back is not None and back[2] >= oldest:
+                        self.returned.append((len(rates), key, f))
+                    else:
+                        self.new.append(key)
+                        if not _metered(f):
+                            self.no_counters += 1
+                    append(None)
+                    continue
+                pairs[p.protonum, p.state] -= 1
+                j = self._follow(p, key, j)
             ob = f.orig_bytes
             rb = f.reply_bytes
             op = f.orig_packets

@@ -570,6 +570,37 @@ def test_a_flow_the_decoder_gave_back_costs_the_feed_no_lookup() -> None:
     assert sample.rows.flows == [*fs[:3], changed, fs[5], fs[7], new, fs[6]]
 
 
+def test_a_flow_decoded_again_from_its_tuples_in_step_costs_no_lookup() -> None:
+    """A flow whose counters or expiry moved is decoded again from the cached tuples (the
+    same `orig` object): where the walk is, it is the last dump's flow there, found without a
+    lookup; its state may have changed. (Out of place, it is looked up: see above.) The
+    sample is what a step without a feed makes of the same snapshots."""
+    fs = [flow(id=i, sport=40000 + i) for i in range(8)]
+    moved = fs[1]._replace(orig_bytes=100, orig_packets=2)
+    ticked = fs[2]._replace(expires=1_700_000_100.0)
+    closing = fs[3]._replace(state=4)  # (a state change is a new decode: a check, all the same)
+    late = fs[7]._replace(reply_bytes=50, reply_packets=1)
+    second = [fs[0], moved, ticked, closing, fs[4], fs[5], fs[6], late]
+    samples = []
+    for fed in (True, False):
+        sampler = Sampler()
+        table = _CountingDict((f.key, f) for f in fs)
+        sampler.step(Snapshot(0.0, 1_700_000_000.0, table, None, None))
+        if fed:
+            sample = _fed_poll(sampler, 1.0, second[:3], second[3:])
+            assert table.lookups == 0
+        else:
+            sample = sampler.step(snapshot(1.0, *second))
+        samples.append(sample)
+    fed_sample, plain = samples
+    assert fed_sample.rows == plain.rows
+    assert fed_sample.totals == plain.totals
+    assert fed_sample.row(moved.key) == FlowRow(moved, Rate(100.0, 0.0, 2.0, 0.0))
+    assert fed_sample.row(ticked.key) == FlowRow(ticked, ZERO_RATE)
+    assert fed_sample.totals.by_tcp_state == {"ESTABLISHED": 7, "FIN_WAIT": 1}
+    assert fed_sample.totals.vanished == 0 and fed_sample.totals.new == 0
+
+
 def test_a_sampler_whose_last_rows_were_emptied_still_finds_what_vanished() -> None:
     """The feed walks the last sample's rows; emptied (`heap.release` of a sample the screen
     retired, which must not happen to the last one), it walks the table itself."""
