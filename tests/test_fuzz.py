@@ -13,6 +13,8 @@ import errno
 import signal
 import socket
 import struct
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -22,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cttop import netlink as netlink_module
 from cttop.conntrack import client as client_module
 from cttop.conntrack import const as c
 from cttop.conntrack.client import (
@@ -781,24 +784,50 @@ def test_fast_framing_stops_where_the_data_messages_stop() -> None:
         assert at == stop and stats.messages == len(flows) == stop // len(one)
 
 
-def test_a_first_dump_ends_at_the_end_whatever_comes_after_it_in_a_batch(
+def test_a_dump_ends_at_the_end_whatever_comes_after_it_in_a_batch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A first dump is received whole before it is decoded: it ends at the datagram that ends
-    the answer, even where something came after it in the same batch of recvmmsg (an event
-    on a socket that listens to them), and does not wait for more."""
+    """A dump ends at the datagram that ends the answer, even where something came after it
+    in the same batch of recvmmsg (an event on a socket that listens to them): the first dump
+    (received whole) does not wait for more, and the receiving thread, which only looks at a
+    batch's last datagram and so goes on receiving, does not keep the socket: it would take
+    the next answer's datagrams. The next request opens another."""
     batches = [[entry(1), entry(2) + done(), entry(50, seq=0)]]
+    calls: list[str] = []
+    release = threading.Event()
 
     def recv_batch(self: NetlinkSocket) -> list[bytes]:
+        calls.append(threading.current_thread().name)
         if not batches:
+            release.wait(10)  # as the kernel would: nothing more to receive
             raise NetlinkError("asked for more after the end of the answer")
         return batches.pop(0)
 
     monkeypatch.setattr(NetlinkSocket, "recv_batch", recv_batch)
+    real_stop = netlink_module._Receiver.stop
+
+    def stop(self: Any) -> None:  # once the thread is back in recv (no race with it)
+        for _ in range(1000):
+            if len(calls) == 2:
+                break
+            time.sleep(0.005)
+        real_stop(self)
+
+    monkeypatch.setattr(netlink_module._Receiver, "stop", stop)
     client, _sock = fake_client([])
+    nl = client._sock
+    assert nl is not None
     stats = DumpStats()
-    assert list(client.dump(stats)) == [flow_of(fields_of(1)), flow_of(fields_of(2))]
-    assert stats.datagrams == 2  # the event after the end was received, never read
+    try:
+        assert list(client.dump(stats)) == [flow_of(fields_of(1)), flow_of(fields_of(2))]
+        assert stats.datagrams == 2  # the event after the end was received, never read
+        assert calls == ["cttop-netlink-recv", "cttop-netlink-recv"]  # the second: blocked
+        assert nl.closed  # given up, with the receiving thread still in it
+        fresh = client._open()
+        assert fresh is not nl and not fresh.closed
+    finally:
+        release.set()
+        client.close()
 
 
 def test_dump_repeated_secctx_is_skipped_or_decoded_never_a_crash() -> None:

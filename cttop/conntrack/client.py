@@ -163,6 +163,8 @@ class ConntrackClient:
         self._open()
 
     def _open(self) -> NetlinkSocket:
+        if self._sock is not None and self._sock.closed:  # (given up by a dump: see receive_answer)
+            self._sock = None
         if self._sock is None:
             try:
                 self._sock = NetlinkSocket()
