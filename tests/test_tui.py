@@ -703,6 +703,17 @@ async def test_shift_d_without_a_filter_says_all(notes: list[str]) -> None:
         assert source.deleted == []
 
 
+async def test_a_clock_tick_while_the_app_is_taken_down_does_nothing() -> None:
+    """The header's clock is a timer: at exit it can fire after the screen's widgets are
+    gone (seen in CI on a loaded machine), and must not fail the app then."""
+    app = make_app(DeletingSource())
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        for child in list(app.screen.children):
+            await child.remove()
+        app._tick_clock()
+
+
 async def test_shift_d_right_after_a_filter_key_deletes_only_the_matching_flows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

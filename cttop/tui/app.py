@@ -26,6 +26,7 @@ from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.css.query import NoMatches
 from textual.timer import Timer
 from textual.widgets import Footer, Input
 
@@ -620,7 +621,9 @@ class CttopApp(App[int]):
         return str(rec) if rec else None
 
     def _tick_clock(self) -> None:
-        self._render_header()
+        # At exit this timer can fire after the widgets are gone: nothing to draw then.
+        with contextlib.suppress(NoMatches):
+            self._render_header()
 
     def _followed(self) -> Any:
         """The key of the flow the cursor follows; None while it stays on the top row (a view
