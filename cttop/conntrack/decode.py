@@ -695,15 +695,15 @@ def _compile_shape(
     fp = f"hash({joined})" if _HASH_FINGERPRINTS else joined
     unpacked = ", ".join(f"s{i}" if f"s{i}" in segments else f"x{i}" for i in range(item))
     parts = f"{unpacked}, = split(buf, off)\n    fp = {fp}"
-    # A known message: the cached flow while the expiry it gives agrees (h[7] is
-    # Flow.expires) and the counters are the same; else its fields unpacked at once (faster
-    # than twenty subscripts) with the new values.
+    # A known message: the cached flow while the expiry it gives agrees and the counters are
+    # the same; else its fields unpacked at once (faster than twenty subscripts) with the new
+    # values.
     same = [f"h[{i}] == {x}" for i, x in sorted(values.items()) if i != _EXPIRES]
     hit = ""
     if _EXPIRES in values:
         hit = f"        e = clock[0] + {values[_EXPIRES]}\n"
         values[_EXPIRES] = "e"
-        same.insert(0, "-SAME < h[7] - e < SAME")
+        same.insert(0, f"-SAME < h[{_EXPIRES}] - e < SAME")
     if same:
         names = [f"f{i}" for i in range(len(Flow._fields))]
         fresh = ", ".join(values.get(i, name) for i, name in enumerate(names))
