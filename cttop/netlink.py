@@ -317,6 +317,10 @@ def ends_answer(data: bytes, seq: int) -> bool:
 _LEN_TYPE_SEQ: Final = struct.Struct("=IHHI")
 
 
+# A batch of datagrams, and whether its last one ends the answer (`ends_answer`).
+_Batch = tuple[list[bytes], bool]
+
+
 class _Receiver(threading.Thread):
     """Receives the datagrams of one answer ahead of the consumer, a batch at a time (bounded:
     8 batches of at most `RECV_BATCH` datagrams)."""
@@ -325,20 +329,20 @@ class _Receiver(threading.Thread):
         super().__init__(name="cttop-netlink-recv", daemon=True)
         self.nl = nl
         self.seq = seq
-        self.queue: queue.Queue[list[bytes] | BaseException] = queue.Queue(maxsize=8)
+        self.queue: queue.Queue[_Batch | BaseException] = queue.Queue(maxsize=8)
         self.stopping = False
 
     def run(self) -> None:
         try:
             while not self.stopping:
-                batch = self.nl.recv_batch()
+                batch = self.nl.receive_batch(self.seq)
                 self._put(batch)
-                if ends_answer(batch[-1], self.seq):
+                if batch[1]:
                     return
         except BaseException as e:  # handed to the consumer, raised there
             self._put(e)
 
-    def _put(self, item: list[bytes] | BaseException) -> None:
+    def _put(self, item: _Batch | BaseException) -> None:
         while not self.stopping:
             try:
                 self.queue.put(item, timeout=0.2)
@@ -346,7 +350,7 @@ class _Receiver(threading.Thread):
             except queue.Full:
                 continue
 
-    def get(self) -> list[bytes]:
+    def get(self) -> _Batch:
         while True:
             try:
                 item = self.queue.get(timeout=0.2)
@@ -589,6 +593,12 @@ class NetlinkSocket:
             if ending is not None:
                 return
 
+    def receive_batch(self, seq: int) -> _Batch:
+        """`recv_batch`, and whether its last datagram ends the answer to `seq` (asked once a
+        batch, by whichever thread receives it)."""
+        batch = self.recv_batch()
+        return batch, ends_answer(batch[-1], seq)
+
     def receive_answer(
         self, seq: int, stats: DumpStats, threaded: bool = True
     ) -> Generator[bytes, None, None]:
@@ -602,16 +612,15 @@ class NetlinkSocket:
         each datagram inside recv(), which releases the GIL, so its work and ours overlap.
         """
         receiver = _Receiver(self, seq) if threaded else None
-        receive = receiver.get if receiver is not None else self.recv_batch
         if receiver is not None:
             receiver.start()
         try:
             while True:
-                batch = receive()
+                batch, ended = receiver.get() if receiver is not None else self.receive_batch(seq)
                 for data in batch:
                     stats.datagrams += 1
                     yield data
-                if ends_answer(batch[-1], seq):
+                if ended:
                     return
         finally:
             if receiver is not None:
