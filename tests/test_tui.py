@@ -1196,3 +1196,28 @@ def test_the_selection_is_found_by_its_whole_key() -> None:
     assert _find(apply(rows, sort="src"), (twin.zone, twin.orig, unknown_id)) is None
     assert _find(apply(rows, sort="src"), None) is None
     assert _find(apply(rows, sort="src", group="src"), base[0].key) is None
+
+
+def test_the_selection_is_found_by_identity_in_its_own_sample() -> None:
+    """The selected row as last shown is found by identity; a copy of it (the same key, decoded
+    again in a later sample) by its key; and in the sample it came from, a row that is not
+    there by identity is not there at all (no search by key then)."""
+    from cttop.tui.app import _find
+
+    snap = demo_snapshots()[1]
+    fs = list(snap.flows.values())[:40]
+    rows = apply(FlowRows(fs, [None] * len(fs)), sort="src").rows
+    assert isinstance(rows, FlowRows)
+    result = apply(rows, sort="dport")
+    assert isinstance(result.rows, FlowRows)
+    for f in fs:
+        at = result.rows.flows.index(f)
+        assert _find(result, f.key, f, same=True) == at
+        again = f._replace(orig_bytes=(f.orig_bytes or 0) + 1)  # a later sample's copy
+        assert again is not f
+        assert _find(result, f.key, again, same=False) == at
+        assert _find(result, f.key, again, same=True) is None
+    tcp_only = apply(rows, filter="tcp")
+    udp = next(f for f in fs if f.protonum == IPPROTO_UDP)
+    assert _find(tcp_only, udp.key, udp, same=True) is None
+    assert _find(tcp_only, udp.key, udp, same=False) is None

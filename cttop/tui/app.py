@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from itertools import compress, count, repeat
-from operator import attrgetter, eq
-from typing import Any, ClassVar, Protocol
+from operator import attrgetter, eq, is_
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from textual import events, work
 from textual.app import App, ComposeResult
@@ -119,6 +119,14 @@ class ViewSettings:
         return all_of(preds)
 
 
+class Followed(NamedTuple):
+    """The row the cursor follows: its key, the row itself and the sample it was shown from."""
+
+    key: Any
+    row: Any
+    sample: Sample | None
+
+
 @dataclass
 class Shown:
     """A sample through the view, as computed in a worker."""
@@ -127,6 +135,7 @@ class Shown:
     settings: ViewSettings
     result: ViewResult
     cursor: int | None  # index of the selected key in result.rows, if found
+    followed: Followed | None = None  # the selection looked for
 
 
 def _row_key(row: Any) -> Any:
@@ -157,18 +166,26 @@ def _containers(
 _flow_id = attrgetter("id")
 
 
-def _find(result: ViewResult, key: Any) -> int | None:
+def _find(result: ViewResult, key: Any, row: Any = None, same: bool = False) -> int | None:
+    """The index in `result` of the row with this key. `row`: the row as last shown (a Flow
+    of it is found by identity at C speed without reading any flow: 250k flows read by id are
+    15-40 ms, as many cache misses); `same`: `result` is a view of the sample `row` came from,
+    where that very object is the only row with its key."""
     if key is None:
         return None
     rows = result.rows
     if isinstance(rows, FlowRows):
+        if not isinstance(key, tuple) or len(key) != 3:
+            return None  # a group's key: not a flow
+        flows = rows.flows
+        if isinstance(row, Flow):
+            at = next(compress(count(), map(is_, flows, repeat(row))), None)
+            if at is not None or same:
+                return at
         # By id first, at C speed (a big table: 250k Flow.key calls are 75 ms), and lazily:
         # the selected flow is mostly near the top, and the search stops there. The id is a
         # 32-bit hash, so the rest of the key is checked before it counts.
-        if not isinstance(key, tuple) or len(key) != 3:
-            return None  # a group's key: not a flow
         zone, orig, flow_id = key
-        flows = rows.flows
         for i in compress(count(), map(eq, map(_flow_id, flows), repeat(flow_id))):
             if flows[i].orig == orig and flows[i].zone == zone:
                 return i
@@ -283,6 +300,7 @@ class CttopApp(App[int]):
         self._switch_interval: float | None = None
         self.shown: Shown | None = None
         self.selected_key: Any = None
+        self._selected: Followed | None = None  # the selected row, and its sample
         self.paused = False
         self.bits = False
         self.resolver: Resolver | None = None
@@ -401,7 +419,7 @@ class CttopApp(App[int]):
         self,
         sample: Sample,
         settings: ViewSettings,
-        key: Any,
+        followed: Followed | None,
         stop: Callable[[], bool] | None = None,
     ) -> Shown:
         try:
@@ -417,7 +435,10 @@ class CttopApp(App[int]):
             memo=sample.views,
             stop=stop,
         )
-        return Shown(sample, settings, result, _find(result, key))
+        cursor = None
+        if followed is not None:
+            cursor = _find(result, *followed[:2], same=followed.sample is sample)
+        return Shown(sample, settings, result, cursor, followed)
 
     def _poll_done(self, shown: Shown, took: float) -> None:
         self._polling = False
@@ -491,12 +512,14 @@ class CttopApp(App[int]):
         self._view_worker(self.shown.sample, self.settings, self._followed())
 
     @work(thread=True, group="view", exit_on_error=False)
-    def _view_worker(self, sample: Sample, settings: ViewSettings, key: Any) -> None:
+    def _view_worker(
+        self, sample: Sample, settings: ViewSettings, followed: Followed | None
+    ) -> None:
         shown: Shown | None = None
         try:
             # Given up as soon as the settings change again (a filter typed key by key): the
             # view for the newer settings starts then, instead of after this one.
-            shown = self._compute(sample, settings, key, self._superseded(settings))
+            shown = self._compute(sample, settings, followed, self._superseded(settings))
         except ViewAbandoned:
             pass
         finally:
@@ -568,8 +591,10 @@ class CttopApp(App[int]):
         table = self.query_one(FlowTable)
         columns = GROUP_COLUMNS if shown.settings.group != "none" else FLOW_COLUMNS
         cursor = shown.cursor if self.following else 0
-        if cursor is None and self.selected_key is not None:
-            cursor = _find(shown.result, self.selected_key)
+        selected = self._selected
+        if cursor is None and selected is not None and selected is not shown.followed:
+            # (Not found by the worker, which looked for the same row: not there.)
+            cursor = _find(shown.result, *selected[:2], same=selected.sample is shown.sample)
         table.set_rows(shown.result.rows, columns, self._options(shown.sample), cursor)
         self._update_selected(table.cursor)
         self._render_header()
@@ -625,14 +650,16 @@ class CttopApp(App[int]):
         with contextlib.suppress(NoMatches):
             self._render_header()
 
-    def _followed(self) -> Any:
-        """The key of the flow the cursor follows; None while it stays on the top row (a view
-        then need not look for the selection: 15 ms at the bottom of 250k rows)."""
-        return self.selected_key if self.following else None
+    def _followed(self) -> Followed | None:
+        """The row the cursor follows; None while it stays on the top row (a view then need
+        not look for the selection)."""
+        return self._selected if self.following else None
 
     def _update_selected(self, index: int) -> None:
         row = self.query_one(FlowTable).row_at(index)
         self.selected_key = _row_key(row[0]) if row else None
+        sample = self.shown.sample if self.shown is not None else None
+        self._selected = Followed(self.selected_key, row[0], sample) if row else None
 
     def on_flow_table_highlighted(self, event: FlowTable.Highlighted) -> None:
         # Until the operator moves the cursor, it stays on the top row (the busiest flow);
