@@ -138,10 +138,25 @@ class FlowRows(Sequence[FlowRow]):
         return f"<FlowRows of {len(self.flows)} flows>"
 
 
+class Carry(NamedTuple):
+    """Which of a sample's rows are the last sample's flows again with the same identity —
+    family, protocol, both tuples, zone and id — so that what a front end derived from those
+    alone (a column of ports, say) can be copied over instead of read from every flow again.
+
+    `runs` holds flat triples (start, prev_start, length): rows start..start+length-1 are the
+    last rows prev_start..prev_start+length-1, of the list `prev` (the last sample's rows).
+    `views` is the last sample's `Sample.views`, where a front end kept what it derived.
+    """
+
+    prev: list[Flow]
+    runs: list[int]
+    views: dict[Any, Any]
+
+
 class Sample:
     """What the Sampler makes of one snapshot: every flow with its rate, plus the totals."""
 
-    __slots__ = ("interval", "rows", "snapshot", "step", "totals", "views")
+    __slots__ = ("carry", "interval", "rows", "snapshot", "step", "totals", "views")
 
     def __init__(
         self,
@@ -150,6 +165,7 @@ class Sample:
         interval: float | None,
         totals: Totals,
         step: int,
+        carry: Carry | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.rows = rows  # in the dump's order
@@ -158,6 +174,9 @@ class Sample:
         self.step = step  # 1 for the first snapshot a Sampler saw
         # Front ends keep what they derive from these rows here (view.apply's memo).
         self.views: dict[Any, Any] = {}
+        # The rows that are the last sample's again (None: none known); a front end that has
+        # used it may drop it, and with it the last sample's views.
+        self.carry = carry
 
     @property
     def time_wall(self) -> float:
@@ -242,6 +261,7 @@ class StepFeed:
         "_pairs_prev",
         "_places",
         "_prev",
+        "_run",
         "_skipped",
         "_step",
         "_vanished",
@@ -261,6 +281,7 @@ class StepFeed:
         "rates",
         "restarted",
         "returned",
+        "runs",
     )
 
     def __init__(self, sampler: Sampler) -> None:
@@ -306,6 +327,12 @@ class StepFeed:
         self._skipped: list[Flow] = []
         self._found: set[FlowKey] = set()
         self._places: dict[int, int] | None = None
+        # The rows that are the last dump's flows with the same identity (see `Carry`): the
+        # runs ended, as flat triples, and where the one going on started (row, last row).
+        # Between the places where the walk breaks step, rows and the walk go on together:
+        # only those places are written down.
+        self.runs: list[int] = []
+        self._run = (0, 0)
 
     def add(self, flows: dict[FlowKey, Flow], batch: list[Flow]) -> None:
         """Put the next flows of a dump into the snapshot's dict `flows` (by key; a key that
@@ -342,6 +369,9 @@ class StepFeed:
         metered = self._metered_prev
         size = len(batch)
         at = 0
+        base = len(self.listed)  # the row of batch[0]
+        runs = self.runs
+        rn, ro = self._run
         while True:
             if j < n and at < size and batch[at] is prev[j]:
                 # Most of a big table: the decoder gave back the last poll's Flow (nothing
@@ -378,6 +408,9 @@ class StepFeed:
             if j + 1 < n and f is prev[j + 1]:
                 # The last dump's flow before it vanished (or comes later): the run goes on.
                 self._skipped.append(prev[j])
+                if base + at > rn:
+                    runs += (rn, ro, base + at - rn)
+                rn, ro = base + at, j + 1
                 j += 1
                 continue
             at += 1
@@ -387,11 +420,18 @@ class StepFeed:
             if p is not None and f.orig is p.orig and f.id == p.id and f.zone == p.zone:
                 # The last dump's flow at this place, decoded again from its cached tuples
                 # (its counters or its expiry moved): in step, and no lookup.
+                if f.reply is not p.reply or f.protonum != p.protonum or f.family != p.family:
+                    if base + at - 1 > rn:  # (never from the decoder: see `Carry`)
+                        runs += (rn, ro, base + at - 1 - rn)
+                    rn, ro = base + at, j + 1
                 j += 1
                 if f.state != p.state or f.protonum != p.protonum:
                     pairs[f.protonum, f.state] += 1
                     pairs[p.protonum, p.state] -= 1
             else:
+                # Not the next flow of the last dump: the run of those ends before it.
+                if base + at - 1 > rn:
+                    runs += (rn, ro, base + at - 1 - rn)
                 pairs[f.protonum, f.state] += 1
                 p = get(key)
                 if p is None:
@@ -404,9 +444,11 @@ class StepFeed:
                         if not _metered(f):
                             self.no_counters += 1
                     append(None)
+                    rn, ro = base + at, j
                     continue
                 pairs[p.protonum, p.state] -= 1
                 j = self._follow(p, key, j)
+                rn, ro = base + at, j
             ob = f.orig_bytes
             rb = f.reply_bytes
             op = f.orig_packets
@@ -430,6 +472,7 @@ class StepFeed:
                 self.moved.append((len(rates), key, ob - pob, rb - prb, op - pop, rp - prp))
             append(None)
         self._next = j
+        self._run = (rn, ro)
         if idle:
             self.idle = True
         self.listed += batch
@@ -462,6 +505,11 @@ class StepFeed:
         `flows` (they vanished: `gone` holds them for the step)."""
         if self.ended or self.flows is not flows:
             return
+        rn, ro = self._run
+        end = min(len(self.listed), rn + len(self._listed_prev) - ro)  # (the last dump's end)
+        if end > rn:
+            self.runs += (rn, ro, end - rn)
+        self._run = (len(self.listed), len(self._listed_prev))
         gone: dict[FlowKey, Flow] = {}
         found = self._found
         pairs = self.pairs
@@ -531,6 +579,7 @@ class Sampler:
         self._prev_listed: list[Flow] = []
         self._prev_pairs: Counter[tuple[int, int | None]] = Counter()
         self._prev_time: float | None = None
+        self._last_views: dict[Any, Any] | None = None  # the last sample's (see `Carry`)
         # key -> (last Flow seen, monotonic time of that snapshot, first step it was missing)
         self._vanished: dict[FlowKey, tuple[Flow, float, int]] = {}
         # key -> first step of the flow's known history (its first sight, or when metering
@@ -698,7 +747,11 @@ class Sampler:
         self._prev_listed = fed.listed
         self._prev_pairs = fed.pairs
         self._prev_time = now
-        return Sample(snapshot, FlowRows(fed.listed, rates), interval, totals, step)
+        last_views = self._last_views
+        carry = None if last_views is None else Carry(fed._listed_prev, fed.runs, last_views)
+        sample = Sample(snapshot, FlowRows(fed.listed, rates), interval, totals, step, carry)
+        self._last_views = sample.views
+        return sample
 
     def _resume(
         self, key: FlowKey, f: Flow, back: tuple[Flow, float, int], now: float, step: int

@@ -601,6 +601,31 @@ def test_a_flow_decoded_again_from_its_tuples_in_step_costs_no_lookup() -> None:
     assert fed_sample.totals.vanished == 0 and fed_sample.totals.new == 0
 
 
+def test_a_sample_says_which_rows_are_the_last_samples_flows_again() -> None:
+    """`Sample.carry`: runs of rows that are the last sample's flows with the same identity
+    (the same tuple objects, family, protocol, zone and id), whatever else moved; a new flow,
+    a vanished one or new tuples end a run. The first sample has none to name."""
+    fs = [flow(id=i, sport=40000 + i) for i in range(8)]
+    sampler = Sampler()
+    first = _fed_poll(sampler, 0.0, fs[:5], fs[5:])
+    assert first.carry is None
+    moved = fs[1]._replace(orig_bytes=100, orig_packets=2)
+    closing = fs[3]._replace(state=4, expires=1_700_000_100.0)
+    new = flow(id=9, sport=40009)
+    natted = fs[6]._replace(reply=Tuple("192.0.2.1", "10.0.0.1", 443, 40006))
+    # rows: 0 1 in step (1 moved) | new | 2 3 (3 closing) | 4 vanished | 5 | 6 new tuples | 7
+    second = [fs[0], moved, new, fs[2], closing, fs[5], natted, fs[7]]
+    sample = _fed_poll(sampler, 1.0, second[:4], second[4:])
+    assert sample.rows.flows == second
+    assert sample.carry is not None
+    assert sample.carry.prev is first.rows.flows and sample.carry.views is first.views
+    assert sample.carry.runs == [0, 0, 2, 3, 2, 2, 5, 5, 1, 7, 7, 1]
+    # The same flows again, batches cut anywhere: one run of all of them.
+    third = _fed_poll(sampler, 2.0, second[:1], second[1:7], second[7:])
+    assert third.carry is not None and third.carry.runs == [0, 0, 8]
+    assert third.carry.prev is sample.rows.flows
+
+
 def test_a_sampler_whose_last_rows_were_emptied_still_finds_what_vanished() -> None:
     """The feed walks the last sample's rows; emptied (`heap.release` of a sample the screen
     retired, which must not happen to the last one), it walks the table itself."""
