@@ -35,7 +35,7 @@ from cttop.conntrack.const import (
     state_name,
 )
 from cttop.conntrack.model import Flow
-from cttop.sampler import ZERO_RATE, FlowRow, FlowRows, Rate
+from cttop.sampler import ZERO_RATE, Carry, FlowRow, FlowRows, Rate
 
 __all__ = [
     "GROUP_KEYS",
@@ -102,15 +102,19 @@ def _masked(pred: Predicate, mask: _Mask) -> Predicate:
 class _ColumnStore:
     """The columns of one list of flows (`get` over every flow: a list, and its distinct
     values), kept with a sample's memo: typing a filter re-filters the same rows at every key,
-    and the terms mostly read the same few columns (a port, the addresses, the protocol)."""
+    and the terms mostly read the same few columns (a port, the addresses, the protocol).
+    The next sample's store copies those that depend only on a flow's identity from here,
+    for the rows that are the same flows again (see `_inherit`)."""
 
-    __slots__ = ("distinct", "flows", "values")
+    __slots__ = ("distinct", "flows", "generation", "read", "values")
 
-    def __init__(self, flows: list[Flow]) -> None:
+    def __init__(self, flows: list[Flow], generation: int = 0) -> None:
         self.flows = flows
         # By the getter over each flow (or a function of the flows, for derived columns).
         self.values: dict[Callable[..., Any], list[Any]] = {}
         self.distinct: dict[Callable[[Flow], Any], set[Any]] = {}
+        self.generation = generation  # stores inherited from, one sample each
+        self.read: dict[Callable[..., Any], int] = {}  # column -> generation it was last read
 
 
 # The computation running on this thread: .columns, its _ColumnStore; .stop, its `stop`.
@@ -148,6 +152,7 @@ def _cached(key: Callable[..., Any], flows: list[Flow], make: Callable[[], list[
     values = store.values.get(key)
     if values is None:
         values = store.values[key] = make()
+    store.read[key] = store.generation
     return values
 
 
@@ -168,10 +173,14 @@ def _distinct(get: Callable[[Flow], Any], flows: list[Flow], values: list[Any]) 
 
 
 def _by_value(get: Callable[[Flow], Any], test: Callable[[Any], bool]) -> _Mask:
-    """A mask testing one value per flow, each distinct value once."""
+    """A mask testing one value per flow, each distinct value once (or, for a test that is
+    membership of a set it names as `test.members`, by that set: one pass in C)."""
+    members: frozenset[Any] | None = getattr(test, "members", None)
 
     def mask(flows: list[Flow]) -> list[bool]:
         values = _column(get, flows)
+        if members is not None:
+            return list(map(members.__contains__, values))
         verdict = {v: bool(test(v)) for v in _distinct(get, flows, values)}
         passing = sum(verdict.values())
         if passing == 0 or passing == len(verdict):
@@ -180,6 +189,19 @@ def _by_value(get: Callable[[Flow], Any], test: Callable[[Any], bool]) -> _Mask:
         return list(map(verdict.__getitem__, values))
 
     return mask
+
+
+def _equal(values: list[Any], value: Any) -> list[bool]:
+    """[v == value for v in values], at C speed (operator.eq: twice as fast as value.__eq__)."""
+    return list(map(eq, values, repeat(value)))
+
+
+def _permuted(values: list[Any], order: list[int]) -> Iterable[Any]:
+    """values[i] for i in order, at C speed: one itemgetter of the whole order (which
+    makes no call per index, as map(values.__getitem__, order) does)."""
+    if len(order) < 2:  # (itemgetter of one index gives the item, not a tuple)
+        return [values[i] for i in order]
+    return itemgetter(*order)(values)  # type: ignore[no-any-return]
 
 
 def _any_of(masks: list[_Mask]) -> _Mask:
@@ -460,7 +482,7 @@ def _proto_is(*protonums: int) -> Predicate:
         (protonum,) = protonums
         return _masked(
             lambda flow: flow.protonum == protonum,
-            lambda flows: list(map(protonum.__eq__, _column(_protonum, flows))),
+            lambda flows: _equal(_column(_protonum, flows), protonum),
         )
     among = frozenset(protonums)
     return _masked(
@@ -489,7 +511,7 @@ def state_named(name: str) -> Predicate:
 def _family_is(family: int) -> Predicate:
     return _masked(
         lambda flow: flow.family == family,
-        lambda flows: list(map(family.__eq__, _column(_family, flows))),
+        lambda flows: _equal(_column(_family, flows), family),
     )
 
 
@@ -588,17 +610,30 @@ def _ports(token: str, value: str) -> Callable[[int | None], bool]:
                 raise FilterError(token, f"port {port} is out of range 0-65535")
         if lo > hi:
             raise FilterError(token, f"range {value!r} is empty: {lo} is above {hi}")
-        return lambda port: port is not None and lo <= port <= hi
-    found: set[int] = set()
-    for transport in ("tcp", "udp", "sctp"):
-        with contextlib.suppress(OSError, ValueError):  # ValueError: a NUL, or not encodable
-            found.add(socket.getservbyname(value.lower(), transport))
-    if not found:
-        raise FilterError(
-            token, f"{value!r} is not a port, a range like 1000-2000, or a service in /etc/services"
-        )
+        if hi - lo >= _PORT_SET_MAX:
+            return lambda port: port is not None and lo <= port <= hi
+        found = set(range(lo, hi + 1))
+    else:
+        found = set()
+        for transport in ("tcp", "udp", "sctp"):
+            with contextlib.suppress(OSError, ValueError):  # ValueError: a NUL, not encodable
+                found.add(socket.getservbyname(value.lower(), transport))
+        if not found:
+            raise FilterError(
+                token,
+                f"{value!r} is not a port, a range like 1000-2000, or a service in /etc/services",
+            )
     ports = frozenset(found)
-    return lambda port: port in ports
+
+    def test(port: int | None) -> bool:
+        return port in ports
+
+    test.members = ports  # type: ignore[attr-defined]  # (see _by_value)
+    return test
+
+
+# A port range up to this wide is tested as a set of ports (see _by_value).
+_PORT_SET_MAX = 1024
 
 
 def _port_mask(test: Callable[[int | None], bool], gets: tuple[Any, ...]) -> _Mask:
@@ -682,7 +717,7 @@ def _mark_term(token: str, value: str) -> Predicate:
 def _zone_term(token: str, value: str) -> Predicate:
     zone = _number(token, value, "zone", 0xFFFF)
     return _masked(
-        lambda flow: flow.zone == zone, lambda flows: list(map(zone.__eq__, _column(_zone, flows)))
+        lambda flow: flow.zone == zone, lambda flows: _equal(_column(_zone, flows), zone)
     )
 
 
@@ -792,6 +827,20 @@ def _group_mode(group: str) -> str:
     return mode
 
 
+_INDEX: list[int] = []
+
+
+def _indices(n: int) -> list[int]:
+    """0, 1, 2, … at least up to n - 1 (longer is fine for compress): one list of int objects
+    for every order and filter to share. At 250k flows a list of indices made anew is 250k
+    ints, 7 MB, for each order a memo keeps."""
+    global _INDEX
+    index = _INDEX
+    if len(index) < n or n < len(index) // 4:  # (a table that shrank a lot lets them go)
+        index = _INDEX = list(range(n))
+    return index
+
+
 def _order(values: list[Any], descending: bool) -> list[int]:
     """Indices of `values` in order; stable, and None (absent) last in either direction.
 
@@ -799,15 +848,16 @@ def _order(values: list[Any], descending: bool) -> list[int]:
     per flow is most of a key press's latency.
     """
     n = len(values)
+    index = _indices(n)
     if None not in values:
-        order = list(range(n))
+        order = index[:n]
         # list.sort with reverse=True keeps equal items in their original order: still stable.
         order.sort(key=values.__getitem__, reverse=descending)
         return order
     absent = list(map(is_, values, repeat(None)))
-    present = list(compress(range(n), map(not_, absent)))
+    present = list(compress(index, map(not_, absent)))
     present.sort(key=values.__getitem__, reverse=descending)
-    present += compress(range(n), absent)
+    present += compress(index, absent)
     return present
 
 
@@ -933,8 +983,15 @@ def sort_flows(
 
     Stable (equal keys keep their order) and total; rows without the value go last either way.
     """
+    return _sorted(FlowRows.of(rows), sort, reverse, limit)[0]
+
+
+def _sorted(
+    table: FlowRows, sort: str, reverse: bool, limit: int | None = None
+) -> tuple[FlowRows, list[int]]:
+    """`sort_flows`, and the order as indices into `table`: row i of the result is row
+    order[i] of `table`."""
     spec = _sort_key(sort)
-    table = FlowRows.of(rows)
     flows, rates = table.flows, table.rates
     column = _FLOW_COLUMNS[spec.name]
     descending = spec.descending != reverse
@@ -942,21 +999,22 @@ def sort_flows(
     if column in _RATE_VALUES:
         out = _by_rate(flows, rates, values, descending)
         if out is not None:
-            return out if limit is None else out[:limit]
+            return out if limit is None else (out[0][:limit], out[1][:limit])
     order = _order(values, descending)
     if limit is not None:
         del order[limit:]
-    return FlowRows(list(map(flows.__getitem__, order)), list(map(rates.__getitem__, order)))
+    return FlowRows(list(map(flows.__getitem__, order)), list(map(rates.__getitem__, order))), order
 
 
 def _by_rate(
     flows: list[Flow], rates: list[Rate | None], values: list[Any], descending: bool
-) -> FlowRows | None:
-    """What `_order` would give for a rate column, without an index per flow: a rate is never
+) -> tuple[FlowRows, list[int]] | None:
+    """What `_order` would give for a rate column, without sorting every flow: a rate is never
     negative, so the flows at 0 (most of a big table: idle) are one run at the low end, kept
     in their order as a stable sort keeps them; only the moving ones are sorted. None for
     rates the Sampler does not make (negative, NaN)."""
-    moving = list(compress(range(len(values)), values))  # neither None nor 0
+    index = _indices(len(values))
+    moving = list(compress(index, values))  # neither None nor 0
     if not all(map(le, repeat(0.0), map(values.__getitem__, moving))):  # negative, NaN
         return None
     moving.sort(key=values.__getitem__, reverse=descending)
@@ -965,15 +1023,19 @@ def _by_rate(
     zero = list(map(eq, values, repeat(0.0)))
     idle_flows = list(compress(flows, zero))
     idle_rates = list(compress(rates, zero))
+    idle = list(compress(index, zero))
     if descending:
-        out_flows, out_rates = moving_flows + idle_flows, moving_rates + idle_rates
+        out_flows, out_rates, order = moving_flows + idle_flows, moving_rates + idle_rates, moving
+        order += idle
     else:
-        out_flows, out_rates = idle_flows + moving_flows, idle_rates + moving_rates
+        out_flows, out_rates, order = idle_flows + moving_flows, idle_rates + moving_rates, idle
+        order += moving
     if len(out_flows) < len(flows):  # the flows without a rate, last either way
         absent = list(map(is_, values, repeat(None)))
         out_flows += compress(flows, absent)
         out_rates += compress(rates, absent)
-    return FlowRows(out_flows, out_rates)
+        order += compress(index, absent)
+    return FlowRows(out_flows, out_rates), order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1310,11 +1372,13 @@ def _rate_run_starts(
     return starts
 
 
-def _the_other_way(ordered: FlowRows, column: _Column) -> FlowRows:
+def _the_other_way(
+    ordered: FlowRows, order: list[int], column: _Column
+) -> tuple[FlowRows, list[int]]:
     """Rows stably sorted by `column` one way, stably sorted the other way: the runs of equal
     values in reverse order, each run as it was (in a stable sort, in the input's order), the
     rows without a value still last. Far cheaper than sorting again when runs are long (a big
-    table's idle flows all rate 0)."""
+    table's idle flows all rate 0). `order`, the indices that sorted them, is turned too."""
     flows, rates = ordered.flows, ordered.rates
     value = _RATE_VALUES.get(column)
     if value is not None:
@@ -1327,36 +1391,93 @@ def _the_other_way(ordered: FlowRows, column: _Column) -> FlowRows:
     bounds = list(zip(starts, [*starts[1:], present], strict=True))
     out_flows: list[Flow] = []
     out_rates: list[Rate | None] = []
+    out_order: list[int] = []
     for start, end in reversed(bounds):  # (an empty table: one empty run)
         out_flows += flows[start:end]
         out_rates += rates[start:end]
+        out_order += order[start:end]
     out_flows += flows[present:]
     out_rates += rates[present:]
-    return FlowRows(out_flows, out_rates)
+    out_order += order[present:]
+    return FlowRows(out_flows, out_rates), out_order
 
 
 def _is_none(value: object) -> bool:
     return value is None
 
 
-# Whole-table orders a memo keeps (4 MB each at 250k flows): the current sort both ways and one
+# Whole-table orders a memo keeps (6 MB each at 250k flows): the current sort both ways and one
 # more.
 _MEMO_ORDERS = 3
 
 
 _MEMO_LOCK = threading.Lock()
 
+# A memo's entry for what its orders share: the column store and the unfiltered totals.
+_SHARED = "shared"
+
 
 def memo_parts(memo: dict[Any, Any]) -> list[list[Any]]:
     """The big lists a memo of `apply` holds (for a front end that frees them gradually),
     the order its shared totals read included (it may have left the memo since)."""
     parts: list[list[Any]] = []
-    for ordered, columns, shared in list(memo.values()):
-        parts += [ordered.flows, ordered.rates, *columns.values.values()]
-        totals = shared.get("totals")
-        if totals is not None:
-            parts.append(totals._flows)
+    for key, entry in list(memo.items()):
+        if key == _SHARED:
+            parts += entry["columns"].values.values()
+            totals = entry.get("totals")
+            if totals is not None:
+                parts.append(totals._flows)
+        else:
+            ordered, order = entry
+            parts += [ordered.flows, ordered.rates, order]
     return parts
+
+
+# The columns that depend only on what a `Carry` keeps of a flow from one sample to the next
+# (family, protocol, both tuples, zone): a column store's key -> the column's value for a flow.
+_CARRIED: dict[Callable[..., Any], Callable[[Flow], Any]] = {
+    _protonum: _protonum,
+    _family: _family,
+    _zone: _zone,
+    _has_ports: lambda flow: flow.protonum in _PORT_PROTOS,
+    **{get: get for get in (*_PORT_VALUES, *_ADDRESSES)},
+}
+# A column not read for this many samples is no longer carried (each costs ~2 MB at 250k
+# flows); the protocol's, which the protocol keys read, always is.
+_CARRY_SAMPLES = 10
+
+
+def _inherit(store: _ColumnStore, carry: Carry) -> None:
+    """Fill a new sample's column store from the last sample's (in `carry.views`, the memo
+    kept with it): the values of the rows that are the same flows again are copied in slices,
+    and only the other rows' are read. At 250k flows a column read from every flow is 20-80 ms
+    of cache misses; copied, 1-2 ms."""
+    shared = carry.views.get(_SHARED)
+    old: _ColumnStore | None = None if shared is None else shared.get("columns")
+    prev, flows, runs = carry.prev, store.flows, carry.runs
+    if old is None or old.flows is not prev:
+        return
+    store.generation = old.generation + 1
+    for key, values in list(old.values.items()):
+        get = _CARRIED.get(key)
+        last = old.read.get(key)
+        if get is None or last is None or len(values) != len(prev):  # (emptied: freed)
+            continue
+        if store.generation - last > _CARRY_SAMPLES and key is not _protonum:
+            continue
+        out: list[Any] = []
+        at = 0
+        for i in range(0, len(runs), 3):
+            start, was, length = runs[i], runs[i + 1], runs[i + 2]
+            if start > at:
+                out += map(get, flows[at:start])
+            out += values[was : was + length]
+            at = start + length
+        if at < len(flows):
+            out += map(get, flows[at:])
+        if len(out) == len(flows):
+            store.values[key] = out
+            store.read[key] = last
 
 
 class ViewResult(NamedTuple):
@@ -1373,17 +1494,34 @@ def totals_of(rows: Iterable[FlowRow]) -> ViewTotals:
 
 
 def _filtered(
-    pred: Predicate,
-    flows: list[Flow],
-    rates: list[Rate | None],
-    columns: _ColumnStore | None,
-    stop: Callable[[], bool] | None,
+    pred: Predicate, flows: list[Flow], rates: list[Rate | None], stop: Callable[[], bool] | None
 ) -> tuple[list[Flow], list[Rate | None]]:
-    """The rows `pred` keeps, their order kept; `columns`: the flows' column store, if any."""
-    with _columns_of(columns, stop):
+    """The rows `pred` keeps, their order kept."""
+    with _columns_of(None, stop):
         keep = matches(pred, flows)
     _check(stop)
     return list(compress(flows, keep)), list(compress(rates, keep))
+
+
+def _filtered_in_order(
+    pred: Predicate,
+    table: FlowRows,
+    ordered: FlowRows,
+    order: list[int],
+    columns: _ColumnStore,
+    stop: Callable[[], bool] | None,
+) -> tuple[list[Flow], list[Rate | None]]:
+    """The rows of `ordered` (`table` in `order`) that `pred` keeps: tested in the table's
+    own order, from the columns kept for it, and taken by index, so that no flow but those
+    kept is read (a pass over the ordered flows touches every one of them: at 250k flows,
+    10-30 ms of cache misses)."""
+    with _columns_of(columns, stop):
+        keep = matches(pred, table.flows)
+    _check(stop)
+    if all(keep):
+        return ordered.flows, ordered.rates
+    at = list(compress(order, _permuted(keep, order)))
+    return list(_permuted(table.flows, at)), list(_permuted(table.rates, at))
 
 
 def apply(
@@ -1396,6 +1534,7 @@ def apply(
     limit: int | None = None,
     memo: dict[Any, Any] | None = None,
     stop: Callable[[], bool] | None = None,
+    carry: Carry | None = None,
 ) -> ViewResult:
     """Filter, then group (optional), then sort, then cut to `limit` rows.
 
@@ -1409,6 +1548,9 @@ def apply(
 
     `stop`: asked between the passes over the flows; when it says True, `ViewAbandoned` is
     raised (a front end whose operator typed on: the next key's view is the one wanted).
+
+    `carry`: the sample's `Sample.carry`, with a memo: the last sample's memo lends the new
+    one the columns it had of the flows both share.
     """
     mode = _group_mode(group)
     _sort_key(sort)
@@ -1417,39 +1559,46 @@ def apply(
     pred = parse_filter(filter) if isinstance(filter, str) else filter
     table = FlowRows.of(rows)
     if mode == "none" and memo is not None:
+        # What does not depend on the order (the columns, the unfiltered totals) is shared.
+        shared = memo.get(_SHARED)
+        if shared is None:
+            columns = _ColumnStore(table.flows)
+            if carry is not None:
+                _inherit(columns, carry)
+            # A front end may compute views of one sample on two threads at once.
+            with _MEMO_LOCK:
+                shared = memo.setdefault(_SHARED, {"columns": columns})
         known = memo.get((sort, reverse))
         if known is None:
             _check(stop)
             other = memo.get((sort, not reverse))
-            ordered = (
-                sort_flows(table, sort, reverse)
+            ordered, order = (
+                _sorted(table, sort, reverse)
                 if other is None
-                else _the_other_way(other[0], _FLOW_COLUMNS[_sort_key(sort).name])
+                else _the_other_way(other[0], other[1], _FLOW_COLUMNS[_sort_key(sort).name])
             )
-            # A front end may compute views of one sample on two threads at once.
             with _MEMO_LOCK:
-                # What does not depend on the order (the unfiltered totals) is shared by all.
-                shared = next(iter(memo.values()))[2] if memo else {}
-                if len(memo) >= _MEMO_ORDERS:
-                    del memo[next(iter(memo))]
-                known = memo.setdefault(
-                    (sort, reverse), (ordered, _ColumnStore(ordered.flows), shared)
-                )
-        ordered, columns, shared = known
+                orders = [key for key in memo if key != _SHARED]
+                if len(orders) >= _MEMO_ORDERS:
+                    del memo[orders[0]]
+                known = memo.setdefault((sort, reverse), (ordered, order))
+        ordered, order = known
         flows, rates = ordered.flows, ordered.rates
         if pred is not None and pred is not _match_all:
-            flows, rates = _filtered(pred, flows, rates, columns, stop)
-            totals = ViewTotals(flows, rates)
-        else:
+            columns = shared["columns"]
+            flows, rates = _filtered_in_order(pred, table, ordered, order, columns, stop)
+        if flows is ordered.flows:
             known_totals: ViewTotals | None = shared.get("totals")
             totals = known_totals or shared.setdefault("totals", ViewTotals(flows, rates))
+        else:
+            totals = ViewTotals(flows, rates)
         matched = len(flows)
         if limit is not None:
             flows, rates = flows[:limit], rates[:limit]
         return ViewResult(FlowRows(flows, rates), totals, matched, len(table))
     flows, rates = table.flows, table.rates
     if pred is not None and pred is not _match_all:
-        flows, rates = _filtered(pred, flows, rates, None, stop)
+        flows, rates = _filtered(pred, flows, rates, stop)
     totals = ViewTotals(flows, rates)
     if mode == "none":
         return ViewResult(

@@ -20,7 +20,7 @@ from cttop.conntrack.const import (
     state_name,
 )
 from cttop.conntrack.model import Flow, FlowKey, Snapshot, Tuple
-from cttop.sampler import ZERO_RATE, FlowRows, Rate, Sampler
+from cttop.sampler import ZERO_RATE, FlowRows, Rate, Sample, Sampler
 from cttop.view import (
     GROUP_KEYS,
     SORT_KEYS,
@@ -313,6 +313,30 @@ def _walk_next(f: Flow, rnd: Any) -> Flow | None:
     return f._replace(orig_bytes=0, reply_bytes=0, orig_packets=0, reply_packets=0)
 
 
+def _check_carry(sample: Sample, last: Sample | None) -> None:
+    """What a sample says of its rows that are the last sample's flows again (`Carry`) is
+    true: runs in order, apart, within both lists, each row the same family, protocol, tuple
+    objects, zone and id as the last row it names."""
+    if last is None:
+        assert sample.carry is None
+        return
+    carry = sample.carry
+    assert carry is not None
+    assert carry.prev is last.rows.flows and carry.views is last.views
+    rows, runs = sample.rows.flows, carry.runs
+    assert len(runs) % 3 == 0
+    end = 0
+    for start, prev_start, length in zip(runs[::3], runs[1::3], runs[2::3], strict=True):
+        assert length > 0 and start >= end and prev_start >= 0
+        end = start + length
+        assert end <= len(rows) and prev_start + length <= len(carry.prev)
+        for f, p in zip(
+            rows[start:end], carry.prev[prev_start : end - start + prev_start], strict=True
+        ):
+            assert f.orig is p.orig and f.reply is p.reply
+            assert (f.family, f.protonum, f.zone, f.id) == (p.family, p.protonum, p.zone, p.id)
+
+
 @settings(max_examples=200)
 @given(st.randoms(use_true_random=False), st.integers(1, 7), st.integers(0, 2))
 def test_the_feeds_walk_over_the_last_dump_is_the_diff_by_key(rnd, polls, keep):
@@ -330,6 +354,7 @@ def test_the_feeds_walk_over_the_last_dump_is_the_diff_by_key(rnd, polls, keep):
     away: list[Flow] = []
     t = 0.0
     prev: dict[FlowKey, Flow] | None = None
+    last: Sample | None = None
     for _ in range(polls):
         if order and rnd.random() < 0.3:  # a run of vanished longer than the look-ahead
             at = rnd.randrange(len(order))
@@ -391,7 +416,9 @@ def test_the_feeds_walk_over_the_last_dump_is_the_diff_by_key(rnd, polls, keep):
         # What the next walk goes over is the table, each flow once.
         listed = fed_sampler.last_listed
         assert sorted(map(id, listed)) == sorted(map(id, flows.values()))
+        _check_carry(got, last)
         prev = flows
+        last = got
 
 
 # --- filter -----------------------------------------------------------------------------------
@@ -523,6 +550,29 @@ def test_views_through_a_memo_are_the_views(rows, views):
         assert (got.totals.flows, got.totals.no_rate) == (want.totals.flows, want.totals.no_rate)
         assert got.totals.rate == want.totals.rate
         assert got.totals.bytes == want.totals.bytes
+
+
+@settings(max_examples=150)
+@given(
+    snapshot_sequences(),
+    st.lists(st.one_of(st.none(), terms()), min_size=1, max_size=4),
+    st.sampled_from(sorted(SORT_KEYS)),
+    st.booleans(),
+)
+def test_views_through_the_last_samples_columns_are_the_views(snapshots, exprs, key, reverse):
+    """Each sample's memo takes the columns of the last sample's for the flows both share
+    (`Sample.carry`): the views are the views of the rows alone, poll after poll."""
+    sampler = Sampler()
+    for snap in snapshots:
+        sample = sampler.step(snap)
+        for i, expr in enumerate(exprs):
+            kw = {"filter": expr, "sort": key, "reverse": reverse}
+            carry = sample.carry if i == 0 else None
+            got = apply(sample.rows, memo=sample.views, carry=carry, **kw)
+            want = apply(sample.rows, **kw)
+            assert got.rows == want.rows
+            assert (got.matched, got.totals.flows) == (want.matched, want.totals.flows)
+            assert got.totals.rate == want.totals.rate
 
 
 @given(flow_rows(), st.lists(terms(), min_size=1, max_size=4))

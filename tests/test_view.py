@@ -19,8 +19,8 @@ from cttop.conntrack.const import (
     IPS_SEEN_REPLY,
     IPS_SRC_NAT,
 )
-from cttop.conntrack.model import Flow, Tuple
-from cttop.sampler import ZERO_RATE, FlowRow, FlowRows, Rate
+from cttop.conntrack.model import Flow, Snapshot, Tuple
+from cttop.sampler import ZERO_RATE, FlowRow, FlowRows, Rate, Sample, Sampler
 from cttop.view import (
     GROUP_KEYS,
     SORT_KEYS,
@@ -555,6 +555,71 @@ def test_a_memo_reads_each_column_once_for_the_filters_typed_after_each_other(mo
     assert ids(again.rows) == ids(apply(GROUPABLE, filter="dport:44").rows) == []
     # Another memo (another sample, or no memo at all) never sees these columns.
     assert ids(apply(GROUPABLE, filter="dport:443", memo={}).rows) == ids(first.rows)
+
+
+def _poll(sampler: Sampler, t: float, flows: list[Flow]) -> Sample:
+    return sampler.step(Snapshot(t, 1_700_000_000.0 + t, {f.key: f for f in flows}, None, None))
+
+
+def test_a_sample_takes_the_columns_of_the_flows_it_shares_with_the_last(monkeypatch):
+    """A column a view read of the last sample (kept in its memo) is copied for the rows that
+    are the same flows again (`Sample.carry`), and read only from the others: a filter kept
+    on from poll to poll reads no more than what changed. Views are as without any memo."""
+    import cttop.view as view_module
+
+    first = [f.flow for f in GROUPABLE]
+    sampler = Sampler()
+    one = _poll(sampler, 0.0, first)
+    kept = apply(one.rows, filter="dport:443", memo=one.views)
+    new = first[0]._replace(orig=first[0].orig._replace(sport=2), id=77)
+    moved = first[2]._replace(orig_bytes=100, orig_packets=9)  # the same tuples
+    second = [first[0], new, first[1], moved, first[4]]  # 3 vanished, one new
+    two = _poll(sampler, 1.0, second)
+    assert two.carry is not None and two.carry.runs == [0, 0, 1, 2, 1, 2, 4, 4, 1]
+
+    reads: list[tuple[object, int]] = []
+    real_map = map
+
+    def counting_map(fn, *its):  # type: ignore[no-untyped-def]
+        reads.append((fn, len(its[0]) if isinstance(its[0], list) else -1))
+        return real_map(fn, *its)
+
+    monkeypatch.setattr(view_module, "map", counting_map, raising=False)
+    got = apply(two.rows, filter="dport:443", memo=two.views, carry=two.carry)
+    monkeypatch.undo()
+    dport = view_module._PORT_VALUES[1]
+    assert [n for fn, n in reads if fn is dport] == [1]  # the new flow's, of five
+    assert [n for fn, n in reads if fn is view_module._protonum] == [1]
+    want = apply(two.rows, filter="dport:443")
+    assert ids(got.rows) == ids(want.rows) == [first[0].id, first[1].id, new.id]
+    assert got.totals.bytes == want.totals.bytes
+    assert ids(kept.rows) == ids(apply(one.rows, filter="dport:443").rows)
+    # Copied, not read again: a value changed in the last sample's column shows.
+    columns = two.views["shared"]["columns"]
+    assert columns.values[dport] == [443, 443, 443, 22, 53]
+    one.views["shared"]["columns"].values[dport][4] = 443
+    three = _poll(sampler, 2.0, second)
+    apply(three.rows, filter="dport:443", memo=three.views, carry=three.carry)
+    assert three.views["shared"]["columns"].values[dport][4] == 53  # from two, not one
+
+
+def test_a_column_no_view_reads_is_carried_for_a_while_then_dropped() -> None:
+    """Each carried column costs memory and a copy a poll: one no view read for
+    _CARRY_SAMPLES samples is left behind, but for the protocol's, which is small and always
+    wanted by the protocol keys."""
+    import cttop.view as view_module
+
+    flows = [f.flow for f in GROUPABLE]
+    sampler = Sampler()
+    sample = _poll(sampler, 0.0, flows)
+    apply(sample.rows, filter="tcp dport:443", memo=sample.views)
+    dport = view_module._PORT_VALUES[1]
+    for step in range(1, view_module._CARRY_SAMPLES + 3):
+        sample = _poll(sampler, float(step), flows)
+        apply(sample.rows, memo=sample.views, carry=sample.carry)  # unfiltered: reads none
+        carried = sample.views["shared"]["columns"].values
+        assert view_module._protonum in carried
+        assert (dport in carried) == (step <= view_module._CARRY_SAMPLES)
 
 
 def test_apply_accepts_a_predicate_and_plain_rows():
