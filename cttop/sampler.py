@@ -144,11 +144,14 @@ class Carry(NamedTuple):
     alone (a column of ports, say) can be copied over instead of read from every flow again.
 
     `runs` holds flat triples (start, prev_start, length): rows start..start+length-1 are the
-    last rows prev_start..prev_start+length-1, of the list `prev` (the last sample's rows).
-    `views` is the last sample's `Sample.views`, where a front end kept what it derived.
+    last rows prev_start..prev_start+length-1, of the list whose `id()` is `prev` and whose
+    length was `prev_length` (the last sample's rows: not held here, which would keep the
+    last dump's flows alive). `views` is the last sample's `Sample.views`, where a front end
+    kept what it derived (and whatever holds the rows it derived them from).
     """
 
-    prev: list[Flow]
+    prev: int
+    prev_length: int
     runs: list[int]
     views: dict[Any, Any]
 
@@ -748,7 +751,10 @@ class Sampler:
         self._prev_pairs = fed.pairs
         self._prev_time = now
         last_views = self._last_views
-        carry = None if last_views is None else Carry(fed._listed_prev, fed.runs, last_views)
+        carry = None
+        if last_views is not None:
+            walked = fed._listed_prev
+            carry = Carry(id(walked), len(walked), fed.runs, last_views)
         sample = Sample(snapshot, FlowRows(fed.listed, rates), interval, totals, step, carry)
         self._last_views = sample.views
         return sample

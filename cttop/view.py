@@ -841,14 +841,16 @@ def _indices(n: int) -> list[int]:
     return index
 
 
-def _order(values: list[Any], descending: bool) -> list[int]:
+def _order(values: list[Any], descending: bool, index: list[int] | None = None) -> list[int]:
     """Indices of `values` in order; stable, and None (absent) last in either direction.
+    `index`: the ints to use (see `_indices`), if they are to be kept.
 
     C-level passes only (compress, map, list.sort with a C key): at 250k flows a Python loop
     per flow is most of a key press's latency.
     """
     n = len(values)
-    index = _indices(n)
+    if index is None:
+        index = list(range(n))
     if None not in values:
         order = index[:n]
         # list.sort with reverse=True keeps equal items in their original order: still stable.
@@ -987,34 +989,39 @@ def sort_flows(
 
 
 def _sorted(
-    table: FlowRows, sort: str, reverse: bool, limit: int | None = None
+    table: FlowRows, sort: str, reverse: bool, limit: int | None = None, keep: bool = False
 ) -> tuple[FlowRows, list[int]]:
-    """`sort_flows`, and the order as indices into `table`: row i of the result is row
-    order[i] of `table`."""
+    """`sort_flows`, and, if `keep`, the order as indices into `table` (row i of the result
+    is row order[i] of `table`), made of the shared ints of `_indices`."""
     spec = _sort_key(sort)
     flows, rates = table.flows, table.rates
     column = _FLOW_COLUMNS[spec.name]
     descending = spec.descending != reverse
     values = column(flows, rates)
+    index = _indices(len(flows)) if keep else None
     if column in _RATE_VALUES:
-        out = _by_rate(flows, rates, values, descending)
+        out = _by_rate(flows, rates, values, descending, index)
         if out is not None:
             return out if limit is None else (out[0][:limit], out[1][:limit])
-    order = _order(values, descending)
+    order = _order(values, descending, index)
     if limit is not None:
         del order[limit:]
     return FlowRows(list(map(flows.__getitem__, order)), list(map(rates.__getitem__, order))), order
 
 
 def _by_rate(
-    flows: list[Flow], rates: list[Rate | None], values: list[Any], descending: bool
+    flows: list[Flow],
+    rates: list[Rate | None],
+    values: list[Any],
+    descending: bool,
+    index: list[int] | None,
 ) -> tuple[FlowRows, list[int]] | None:
     """What `_order` would give for a rate column, without sorting every flow: a rate is never
     negative, so the flows at 0 (most of a big table: idle) are one run at the low end, kept
     in their order as a stable sort keeps them; only the moving ones are sorted. None for
-    rates the Sampler does not make (negative, NaN)."""
-    index = _indices(len(values))
-    moving = list(compress(index, values))  # neither None nor 0
+    rates the Sampler does not make (negative, NaN). The order is made only with `index`
+    (see `_sorted`)."""
+    moving = list(compress(range(len(values)) if index is None else index, values))
     if not all(map(le, repeat(0.0), map(values.__getitem__, moving))):  # negative, NaN
         return None
     moving.sort(key=values.__getitem__, reverse=descending)
@@ -1023,7 +1030,7 @@ def _by_rate(
     zero = list(map(eq, values, repeat(0.0)))
     idle_flows = list(compress(flows, zero))
     idle_rates = list(compress(rates, zero))
-    idle = list(compress(index, zero))
+    idle = [] if index is None else list(compress(index, zero))
     if descending:
         out_flows, out_rates, order = moving_flows + idle_flows, moving_rates + idle_rates, moving
         order += idle
@@ -1034,8 +1041,9 @@ def _by_rate(
         absent = list(map(is_, values, repeat(None)))
         out_flows += compress(flows, absent)
         out_rates += compress(rates, absent)
-        order += compress(index, absent)
-    return FlowRows(out_flows, out_rates), order
+        if index is not None:
+            order += compress(index, absent)
+    return FlowRows(out_flows, out_rates), order if index is not None else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1454,14 +1462,15 @@ def _inherit(store: _ColumnStore, carry: Carry) -> None:
     of cache misses; copied, 1-2 ms."""
     shared = carry.views.get(_SHARED)
     old: _ColumnStore | None = None if shared is None else shared.get("columns")
-    prev, flows, runs = carry.prev, store.flows, carry.runs
-    if old is None or old.flows is not prev:
+    flows, runs, n = store.flows, carry.runs, carry.prev_length
+    # (The old store holds its rows: alive, their id is theirs alone.)
+    if old is None or id(old.flows) != carry.prev or len(old.flows) != n:
         return
     store.generation = old.generation + 1
     for key, values in list(old.values.items()):
         get = _CARRIED.get(key)
         last = old.read.get(key)
-        if get is None or last is None or len(values) != len(prev):  # (emptied: freed)
+        if get is None or last is None or len(values) != n:  # (emptied: freed)
             continue
         if store.generation - last > _CARRY_SAMPLES and key is not _protonum:
             continue
@@ -1573,7 +1582,7 @@ def apply(
             _check(stop)
             other = memo.get((sort, not reverse))
             ordered, order = (
-                _sorted(table, sort, reverse)
+                _sorted(table, sort, reverse, keep=True)
                 if other is None
                 else _the_other_way(other[0], other[1], _FLOW_COLUMNS[_sort_key(sort).name])
             )

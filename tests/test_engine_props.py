@@ -322,16 +322,17 @@ def _check_carry(sample: Sample, last: Sample | None) -> None:
         return
     carry = sample.carry
     assert carry is not None
-    assert carry.prev is last.rows.flows and carry.views is last.views
+    assert carry.prev == id(last.rows.flows) and carry.prev_length == len(last.rows.flows)
+    assert carry.views is last.views
     rows, runs = sample.rows.flows, carry.runs
     assert len(runs) % 3 == 0
     end = 0
     for start, prev_start, length in zip(runs[::3], runs[1::3], runs[2::3], strict=True):
         assert length > 0 and start >= end and prev_start >= 0
         end = start + length
-        assert end <= len(rows) and prev_start + length <= len(carry.prev)
+        assert end <= len(rows) and prev_start + length <= carry.prev_length
         for f, p in zip(
-            rows[start:end], carry.prev[prev_start : end - start + prev_start], strict=True
+            rows[start:end], last.rows.flows[prev_start : end - start + prev_start], strict=True
         ):
             assert f.orig is p.orig and f.reply is p.reply
             assert (f.family, f.protonum, f.zone, f.id) == (p.family, p.protonum, p.zone, p.id)
