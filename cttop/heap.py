@@ -113,20 +113,29 @@ def trim_heap() -> None:
         _malloc_trim(0)
 
 
-def release(containers: Iterable[list[Any] | dict[Any, Any]], chunk: int = 2048) -> None:
+def release(
+    containers: Iterable[list[Any] | dict[Any, Any]],
+    chunk: int = 2048,
+    pause: Callable[[], object] | None = None,
+) -> None:
     """Empty lists and dicts a chunk at a time.
 
     Dropping the last reference to a 250k-flow table frees it in one C-level cascade that
     holds the GIL for 30-40 ms: the event loop stalls. Emptied from Python, whatever each chunk
     held last is freed with it, and other threads get their turns in between. Only pass
-    containers nothing else still reads.
+    containers nothing else still reads. `pause` is called between chunks (a front end may
+    hold the freeing there while something more urgent runs).
     """
     for c in containers:
         if isinstance(c, list):
             while c:
+                if pause is not None:
+                    pause()
                 del c[-chunk:]
         else:
             pop = c.popitem
             while c:
+                if pause is not None:
+                    pause()
                 for _ in range(min(chunk, len(c))):
                     pop()

@@ -161,3 +161,15 @@ def test_a_big_block_a_poll_frees_goes_back_to_the_system() -> None:
     assert default_trimmed < 4
     tuned_held, _ = _freed_block_held("tuned")
     assert tuned_held < 4
+
+
+def test_release_empties_a_chunk_at_a_time_and_pauses_between_chunks() -> None:
+    """`release` empties the lists and dicts it is given, a chunk at a time, and asks `pause`
+    before each chunk (the TUI's freeing waits there while a key's view is computed)."""
+    lst = list(range(10))
+    dct = {i: str(i) for i in range(7)}
+    seen: list[tuple[int, int]] = []
+    heap_module.release([lst, dct], chunk=4, pause=lambda: seen.append((len(lst), len(dct))))
+    assert lst == [] and dct == {}
+    assert seen == [(10, 7), (6, 7), (2, 7), (0, 7), (0, 3)]
+    heap_module.release([[1, 2], {1: 2}])  # no pause: the same, at once

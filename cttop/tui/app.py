@@ -555,7 +555,7 @@ class CttopApp(App[int]):
                 if id(part) not in keep:
                     parts[id(part)] = part
         del retired, shown
-        release(parts.values())
+        release(parts.values(), pause=self._yield_to_view)  # (a key's view first)
 
     def _yield_to_view(self) -> None:
         """In the poll worker: wait while a key's view is being computed (bounded, so that a
