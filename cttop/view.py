@@ -106,13 +106,16 @@ class _ColumnStore:
     The next sample's store copies those that depend only on a flow's identity from here,
     for the rows that are the same flows again (see `_inherit`)."""
 
-    __slots__ = ("distinct", "flows", "generation", "read", "values")
+    __slots__ = ("distinct", "exact", "flows", "generation", "read", "values")
 
     def __init__(self, flows: list[Flow], generation: int = 0) -> None:
         self.flows = flows
         # By the getter over each flow (or a function of the flows, for derived columns).
         self.values: dict[Callable[..., Any], list[Any]] = {}
+        # A carried column's may be wider than its values (what vanished stays in until
+        # it is read anew): `_by_value` asks each of them its test, which is none the worse.
         self.distinct: dict[Callable[[Flow], Any], set[Any]] = {}
+        self.exact: dict[Callable[[Flow], Any], int] = {}  # its size when last read exactly
         self.generation = generation  # stores inherited from, one sample each
         self.read: dict[Callable[..., Any], int] = {}  # column -> generation it was last read
 
@@ -186,6 +189,7 @@ def _distinct(get: Callable[[Flow], Any], flows: list[Flow], values: list[Any]) 
     distinct = store.distinct.get(get)
     if distinct is None:
         distinct = store.distinct[get] = set(values)
+        store.exact[get] = len(distinct)
     return distinct
 
 
@@ -1492,18 +1496,30 @@ def _inherit(store: _ColumnStore, carry: Carry) -> None:
         if store.generation - last > _CARRY_SAMPLES and key is not _protonum:
             continue
         out: list[Any] = []
+        read: list[Any] = []  # the values of the rows that are not the same flows again
         at = 0
         for i in range(0, len(runs), 3):
             start, was, length = runs[i], runs[i + 1], runs[i + 2]
             if start > at:
-                out += map(get, flows[at:start])
+                read += map(get, flows[at:start])
+                out += read[len(read) - (start - at) :]
             out += values[was : was + length]
             at = start + length
         if at < len(flows):
-            out += map(get, flows[at:])
-        if len(out) == len(flows):
-            store.values[key] = out
-            store.read[key] = last
+            read += map(get, flows[at:])
+            out += read[len(read) - (len(flows) - at) :]
+        if len(out) != len(flows):
+            continue
+        store.values[key] = out
+        store.read[key] = last
+        # Its distinct values (a set of 250k values is ~10 ms): the last ones and the new,
+        # while what vanished has not made it much wider than it was when last read exactly.
+        distinct, exact = old.distinct.get(key), old.exact.get(key)
+        if distinct is not None and exact is not None:
+            wider = distinct.union(read)
+            if len(wider) <= 2 * exact + 1024:
+                store.distinct[key] = wider
+                store.exact[key] = exact
 
 
 class ViewResult(NamedTuple):
