@@ -1119,8 +1119,7 @@ def service_name(port: int, protonum: int | None = IPPROTO_TCP) -> str | None:
         return None
 
 
-_orig_src = attrgetter("orig.src")
-_orig_dst = attrgetter("orig.dst")
+_orig_src, _orig_dst = _ADDRESSES[:2]  # (one getter each: one column in a store, carried)
 
 
 def _group_keys(flows: list[Flow], mode: str) -> Iterable[Any]:
@@ -1486,6 +1485,10 @@ def _inherit(store: _ColumnStore, carry: Carry) -> None:
     flows, runs, n = store.flows, carry.runs, carry.prev_length
     # (The old store holds its rows: alive, their id is theirs alone.)
     if old is None or id(old.flows) != carry.prev or len(old.flows) != n:
+        return
+    if len(flows) - sum(runs[2::3]) > max(len(flows) // 8, _READ_CHUNK):
+        # Mostly other flows, or the dump walked in another order (a resized hash table):
+        # copying would save little over reading the columns a filter asks for when it does.
         return
     store.generation = old.generation + 1
     for key, values in list(old.values.items()):

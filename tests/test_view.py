@@ -603,6 +603,25 @@ def test_a_sample_takes_the_columns_of_the_flows_it_shares_with_the_last(monkeyp
     assert three.views["shared"]["columns"].values[dport][4] == 53  # from two, not one
 
 
+def test_columns_are_not_carried_when_the_dump_came_in_another_order(monkeypatch) -> None:
+    """Runs that cover little of the table (a resized hash table is walked in another
+    order) carry nothing: reading the other rows would cost nearly the whole column, for
+    columns the next views may not ask for. A filter then reads what it needs."""
+    import cttop.view as view_module
+
+    monkeypatch.setattr(view_module, "_READ_CHUNK", 1)  # (as if the table were big)
+    flows = [f.flow for f in GROUPABLE]
+    sampler = Sampler()
+    one = _poll(sampler, 0.0, flows)
+    apply(one.rows, filter="dport:443", memo=one.views)
+    two = _poll(sampler, 1.0, flows[::-1])
+    assert two.carry is not None and sum(two.carry.runs[2::3]) == 0
+    apply(two.rows, memo=two.views, carry=two.carry)
+    assert two.views["shared"]["columns"].values == {}
+    got = apply(two.rows, filter="dport:443", memo=two.views)
+    assert ids(got.rows) == ids(apply(two.rows, filter="dport:443").rows)
+
+
 def test_a_column_no_view_reads_is_carried_for_a_while_then_dropped() -> None:
     """Each carried column costs memory and a copy a poll: one no view read for
     _CARRY_SAMPLES samples is left behind, but for the protocol's, which is small and always

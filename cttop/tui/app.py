@@ -73,6 +73,9 @@ _INPUT = (events.Key, events.MouseDown, events.MouseScrollDown, events.MouseScro
 # The poll's view, given up when a key changes the settings, starts again at most this often
 # minus one (a typist who does not stop) before it runs to its end whatever comes.
 _POLL_VIEW_TRIES = 4
+# The longest the poll worker waits for keys' views at one place (a slow view, or keys that do
+# not stop, cannot hold polling up).
+_YIELD_MAX = 0.5
 PROTO_CYCLE: tuple[str | None, ...] = (None, "tcp", "udp", "icmp", "other")
 STATE_CYCLE: tuple[str | None, ...] = (None, *(s for s in TCP_STATES if s != "NONE"), "NONE")
 GROUP_CYCLE = tuple(GROUP_KEYS)
@@ -555,14 +558,21 @@ class CttopApp(App[int]):
                 if id(part) not in keep:
                     parts[id(part)] = part
         del retired, shown
-        release(parts.values(), pause=self._yield_to_view)  # (a key's view first)
+        # A key's view first, between chunks, but not for longer than one wait in all.
+        deadline = self._timer() + _YIELD_MAX
+
+        def pause() -> None:
+            if self._timer() < deadline:
+                self._yield_to_view()
+
+        release(parts.values(), pause=pause)
 
     def _yield_to_view(self) -> None:
         """In the poll worker: wait while a key's view is being computed (bounded, so that a
         slow view cannot hold polling up)."""
         if not self._view_idle.is_set():
             waiting = self._timer()
-            self._view_idle.wait(0.5)
+            self._view_idle.wait(_YIELD_MAX)
             self._waited += self._timer() - waiting
 
     def _view_done(self, shown: Shown | None) -> None:
@@ -603,6 +613,7 @@ class CttopApp(App[int]):
         if cursor is None and selected is not None and selected is not shown.followed:
             # (Not found by the worker, which looked for the same row: not there.)
             cursor = _find(shown.result, *selected[:2], same=selected.sample is shown.sample)
+        shown.followed = None  # (used: it may name the sample before, not to be kept alive)
         table.set_rows(shown.result.rows, columns, self._options(shown.sample), cursor)
         self._update_selected(table.cursor)
         self._render_header()
