@@ -17,7 +17,7 @@ import pytest
 from textual.widgets import Input, OptionList
 
 from cttop.conntrack.const import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
-from cttop.sampler import FlowRows, Rate
+from cttop.sampler import FlowRows, Rate, Sample
 from cttop.tui import app as app_module
 from cttop.tui.app import GROUP_CYCLE, INTERVALS, STATE_CYCLE, CttopApp, ViewSettings
 from cttop.tui.keys import KEYS
@@ -886,6 +886,27 @@ async def test_a_key_right_after_a_view_is_shown_starts_its_own_at_once(
         assert app._view_idle.is_set()
         assert app.settings.reverse and app.settings.proto == "tcp"
         assert app.shown.settings == app.settings
+
+
+async def test_a_keys_view_of_a_sample_no_longer_shown_is_not_shown() -> None:
+    """A key's view that ends after a later sample was shown is dropped, even when that
+    sample's step is lower (a replay's jump starts the sampler over): the view on screen stays,
+    and the poll worker may go on."""
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        app.autopoll = False
+        await settle(pilot)
+        current = app.shown
+        assert current is not None
+        before = current.sample
+        jumped_from = Sample(before.snapshot, before.rows, None, before.totals, before.step + 5)
+        stale = app_module.Shown(jumped_from, app.settings, current.result, None)
+        app._view_running = True  # as while a key's view is computed
+        app._view_idle.clear()
+        app._view_done(stale)
+        assert app.shown is current
+        assert app._view_idle.is_set()
 
 
 async def test_polls_do_not_free_the_sample_d_is_reading(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -579,7 +579,9 @@ class CttopApp(App[int]):
         self._view_running = False
         if (
             shown is None  # given up or failed (a failure: the next poll computes it again)
-            or (self.shown is not None and shown.sample.step < self.shown.sample.step)
+            # Of a sample no longer shown: a later one came (steps restart after a replay's
+            # jump, so not by step).
+            or (self.shown is not None and shown.sample is not self.shown.sample)
             or shown.settings != self.settings  # changed again: the next view is wanted
         ):
             self._view_settled()
