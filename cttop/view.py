@@ -21,6 +21,7 @@ from cttop.conntrack.const import (
     AF_INET,
     AF_INET6,
     IPPROTO_DCCP,
+    IPPROTO_ICMP,
     IPPROTO_ICMPV6,
     IPPROTO_SCTP,
     IPPROTO_TCP,
@@ -181,6 +182,28 @@ def _read(get: Callable[[Flow], Any], flows: list[Flow]) -> list[Any]:
     return out
 
 
+def _prefetch(gets: tuple[Callable[[Flow], Any], ...], flows: list[Flow]) -> None:
+    """Read the columns of `gets` that this thread's store lacks in one pass over the flows,
+    each flow's tuples touched once instead of once a column: a NAT mask's eight columns of
+    250k flows in ~190 ms instead of ~570 (then carried: see _inherit)."""
+    store = _store(flows)
+    if store is None:
+        return
+    missing = [get for get in gets if get not in store.values and get in _PATHS]
+    if len(missing) < 2:
+        return
+    both = attrgetter(*(_PATHS[get] for get in missing))
+    outs: list[list[Any]] = [[] for _ in missing]
+    stop = getattr(_local, "stop", None)
+    for at in range(0, len(flows), _READ_CHUNK):
+        _check(stop)
+        rows = map(both, flows[at : at + _READ_CHUNK])  # (a tuple of the values per flow)
+        for out, values in zip(outs, zip(*rows, strict=True), strict=True):
+            out += values
+    for get, out in zip(missing, outs, strict=True):
+        store.values[get] = out
+
+
 def _distinct(get: Callable[[Flow], Any], flows: list[Flow], values: list[Any]) -> set[Any]:
     """set(values), where values is _column(get, flows): from the store too."""
     store = _store(flows)
@@ -225,8 +248,11 @@ def _permuted(values: list[Any], order: list[int]) -> Iterable[Any]:
     return itemgetter(*order)(values)  # type: ignore[no-any-return]
 
 
-def _any_of(masks: list[_Mask]) -> _Mask:
+def _any_of(masks: list[_Mask], reads: tuple[Callable[[Flow], Any], ...] = ()) -> _Mask:
+    """Any of the masks; `reads`: the columns they read, read together first (_prefetch)."""
+
     def mask(flows: list[Flow]) -> list[bool]:
+        _prefetch(reads, flows)
         out = masks[0](flows)
         for m in masks[1:]:
             if all(out):
@@ -482,7 +508,7 @@ def _bare(token: str) -> Predicate:
 
     addresses = [_by_value(get, address_has) for get in _ADDRESSES]
     if not word.isdigit():
-        return _masked(in_address, _any_of(addresses))
+        return _masked(in_address, _any_of(addresses, _ADDRESSES))
 
     def in_address_or_port(flow: Flow) -> bool:
         o, r = flow.orig, flow.reply
@@ -494,7 +520,7 @@ def _bare(token: str) -> Predicate:
         return port is not None and word in str(port)
 
     ports = [_by_value(get, port_has) for get in _PORT_VALUES]
-    return _masked(in_address_or_port, _any_of(addresses + ports))
+    return _masked(in_address_or_port, _any_of(addresses + ports, _ADDRESSES + _PORT_VALUES))
 
 
 def _proto_is(*protonums: int) -> Predicate:
@@ -617,7 +643,7 @@ def _host_term(token: str, value: str) -> Predicate:
         o, r = flow.orig, flow.reply
         return match(o.src) or match(o.dst) or match(r.src) or match(r.dst)
 
-    return _masked(any_address, _any_of([_by_value(get, match) for get in _ADDRESSES]))
+    return _masked(any_address, _any_of([_by_value(get, match) for get in _ADDRESSES], _ADDRESSES))
 
 
 def _ports(token: str, value: str) -> Callable[[int | None], bool]:
@@ -660,7 +686,7 @@ _PORT_SET_MAX = 1024
 def _port_mask(test: Callable[[int | None], bool], gets: tuple[Any, ...]) -> _Mask:
     """Any of these ports passes `test`, for flows of a protocol with ports (the others'
     port fields are something else: GRE keys)."""
-    any_port = _any_of([_by_value(get, test) for get in gets])
+    any_port = _any_of([_by_value(get, test) for get in gets], gets)
 
     def mask(flows: list[Flow]) -> list[bool]:
         ports = any_port(flows)
@@ -675,6 +701,38 @@ def _has_ports(flows: list[Flow]) -> list[bool]:
     return _cached(
         _has_ports, flows, lambda: list(map(_PORT_PROTOS.__contains__, _column(_protonum, flows)))
     )
+
+
+_ICMPS = frozenset({IPPROTO_ICMP, IPPROTO_ICMPV6})
+
+
+def _not_icmp(flows: list[Flow]) -> list[bool]:
+    return _cached(
+        _not_icmp,
+        flows,
+        lambda: list(map(not_, map(_ICMPS.__contains__, _column(_protonum, flows)))),
+    )
+
+
+def _rewritten(towards: int) -> _Mask:
+    """Flow.dnat (towards 1: the reply comes from elsewhere than the original went to) or
+    Flow.snat (towards 0: it goes back elsewhere than the original came from) over a list of
+    flows, from four columns the next sample carries: the address, or but for ICMP the port,
+    of the reply is not the original's."""
+    other = 3 - towards  # reply.src (2) faces orig.dst (1); reply.dst (3) faces orig.src (0)
+
+    def mask(flows: list[Flow]) -> list[bool]:
+        _prefetch(_ADDRESSES + _PORT_VALUES, flows)
+        address = _ADDRESSES[towards]
+        out = list(map(ne, _column(_ADDRESSES[other], flows), _column(address, flows)))
+        ports = list(
+            map(ne, _column(_PORT_VALUES[other], flows), _column(_PORT_VALUES[towards], flows))
+        )
+        if any(ports):
+            out = list(map(or_, out, map(and_, _not_icmp(flows), ports)))
+        return out
+
+    return mask
 
 
 def _sport_term(token: str, value: str) -> Predicate:
@@ -764,9 +822,9 @@ _FIELD_PARSERS: dict[str, Callable[[str, str], Predicate]] = {
 }
 
 _KEYWORDS: dict[str, Predicate] = {
-    "nat": lambda flow: flow.snat or flow.dnat,
-    "snat": lambda flow: flow.snat,
-    "dnat": lambda flow: flow.dnat,
+    "nat": _masked(lambda flow: flow.snat or flow.dnat, _any_of([_rewritten(0), _rewritten(1)])),
+    "snat": _masked(lambda flow: flow.snat, _rewritten(0)),
+    "dnat": _masked(lambda flow: flow.dnat, _rewritten(1)),
 }
 
 
@@ -908,8 +966,12 @@ _family = attrgetter("family")
 _mark = attrgetter("mark")
 _zone = attrgetter("zone")
 # A flow's four ports and four addresses, for the masks
-_PORT_VALUES = tuple(attrgetter(f"{d}.{p}") for d in ("orig", "reply") for p in ("sport", "dport"))
-_ADDRESSES = tuple(attrgetter(f"{d}.{a}") for d in ("orig", "reply") for a in ("src", "dst"))
+_PORT_PATHS = tuple(f"{d}.{p}" for d in ("orig", "reply") for p in ("sport", "dport"))
+_ADDRESS_PATHS = tuple(f"{d}.{a}" for d in ("orig", "reply") for a in ("src", "dst"))
+_PORT_VALUES = tuple(map(attrgetter, _PORT_PATHS))
+_ADDRESSES = tuple(map(attrgetter, _ADDRESS_PATHS))
+# What each reads, for reading several in one pass (see _prefetch).
+_PATHS = dict(zip(_PORT_VALUES + _ADDRESSES, _PORT_PATHS + _ADDRESS_PATHS, strict=True))
 
 
 def _c_rate(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
@@ -1468,6 +1530,7 @@ _CARRIED: dict[Callable[..., Any], Callable[[Flow], Any]] = {
     _family: _family,
     _zone: _zone,
     _has_ports: lambda flow: flow.protonum in _PORT_PROTOS,
+    _not_icmp: lambda flow: flow.protonum not in _ICMPS,
     **{get: get for get in (*_PORT_VALUES, *_ADDRESSES)},
 }
 # A column not read for this many samples is no longer carried (each costs ~2 MB at 250k

@@ -603,6 +603,27 @@ def test_a_sample_takes_the_columns_of_the_flows_it_shares_with_the_last(monkeyp
     assert three.views["shared"]["columns"].values[dport][4] == 53  # from two, not one
 
 
+@pytest.mark.parametrize("word", ["nat", "snat", "dnat", "10.0", "9"])
+def test_terms_over_several_columns_read_them_together_and_carry_them(word: str) -> None:
+    """NAT keywords and bare words read four or eight columns: in one pass over the flows,
+    kept in the memo and carried to the next sample like the others; the rows are the
+    predicate's."""
+    import cttop.view as view_module
+
+    flows = [f.flow for f in GROUPABLE]
+    sampler = Sampler()
+    one = _poll(sampler, 0.0, flows)
+    got = apply(one.rows, filter=word, memo=one.views)
+    pred = parse_filter(word)
+    assert ids(got.rows) == ids(r for r in apply(one.rows).rows if pred(r.flow))
+    columns = one.views["shared"]["columns"]
+    assert set(view_module._ADDRESSES) <= set(columns.values)  # read together
+    two = _poll(sampler, 1.0, flows)
+    apply(two.rows, memo=two.views, carry=two.carry)
+    carried = set(two.views["shared"]["columns"].values)
+    assert set(columns.read) & set(view_module._ADDRESSES) and set(columns.read) <= carried
+
+
 def test_columns_are_not_carried_when_the_dump_came_in_another_order(monkeypatch) -> None:
     """Runs that cover little of the table (a resized hash table is walked in another
     order) carry nothing: reading the other rows would cost nearly the whole column, for
