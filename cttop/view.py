@@ -12,10 +12,11 @@ import math
 import socket
 import threading
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Iterator
-from itertools import compress, repeat
-from operator import and_, attrgetter, eq, is_, is_not, itemgetter, le, ne, not_, or_
-from typing import Any, NamedTuple
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import compress, count, repeat
+from operator import add, and_, attrgetter, eq, is_, is_not, itemgetter, le, mul, ne, not_, or_
+from typing import Any, NamedTuple, overload
 
 from cttop.conntrack.const import (
     AF_INET,
@@ -1189,26 +1190,77 @@ def service_name(port: int, protonum: int | None = IPPROTO_TCP) -> str | None:
 
 
 _orig_src, _orig_dst = _ADDRESSES[:2]  # (one getter each: one column in a store, carried)
+_orig_dport = _PORT_VALUES[1]
+_state = attrgetter("state")
 
 
-def _group_keys(flows: list[Flow], mode: str) -> Iterable[Any]:
+class _Codes(NamedTuple):
+    """The group of each flow, as a code cheap to hash (a string, a small int), and what
+    turns a code into its group's key (None: the code is the key). Several codes may have
+    one key unless `one_each`."""
+
+    codes: list[Any]
+    key_of: Callable[[Any], Any] | None = None
+    one_each: bool = False
+
+
+class _Numbered(NamedTuple):
+    codes: list[int]  # per flow, the place of its value in `values`
+    values: list[Any]  # the distinct values (and maybe more: see _ColumnStore.distinct)
+
+
+def _numbered(get: Callable[[Flow], Any], flows: list[Flow]) -> _Numbered:
+    """A column as the places of its values among the distinct ones (a big table has few)."""
+    values = _column(get, flows)
+    distinct = list(_distinct(get, flows, values))
+    return _Numbered(list(map(dict(zip(distinct, count())).__getitem__, values)), distinct)
+
+
+def _paired(high: list[int], low: list[int], width: int) -> list[int]:
+    """high * width + low, per flow, in C: one int for two values, cheap to hash (hashing
+    250k tuples, twice, to number them and then to look them up, is ~100 ms)."""
+    return list(map(add, map(mul, high, repeat(width)), low))
+
+
+def _group_codes(flows: list[Flow], mode: str) -> _Codes:
+    """The group code of each flow, from columns: the store's when this thread has one for
+    these flows (the identity columns are carried from the last sample: see _inherit)."""
     if mode == "src":
-        return map(_orig_src, flows)
+        return _Codes(_column(_orig_src, flows))
     if mode == "dst":
-        return map(_orig_dst, flows)
+        return _Codes(_column(_orig_dst, flows))
     if mode == "pair":
-        return zip(map(_orig_src, flows), map(_orig_dst, flows), strict=True)
+        _prefetch((_orig_src, _orig_dst), flows)
+        srcs, dsts = _numbered(_orig_src, flows), _numbered(_orig_dst, flows)
+
+        def pair(code: int) -> tuple[str | None, str | None]:
+            src, dst = divmod(code, len(dsts.values))
+            return srcs.values[src], dsts.values[dst]
+
+        return _Codes(_paired(srcs.codes, dsts.codes, len(dsts.values)), pair, True)
+    protos = _column(_protonum, flows)
     if mode == "dport":
         # Ports only mean something per protocol; ICMP and GRE flows group under their protocol.
-        return ((f.protonum, f.orig.dport if f.protonum in _PORT_PROTOS else None) for f in flows)
+        ports = _numbered(_orig_dport, flows)
+
+        def service(code: int) -> tuple[int, int | None]:
+            protonum, port = divmod(code, len(ports.values))
+            return protonum, ports.values[port] if protonum in _PORT_PROTOS else None
+
+        return _Codes(_paired(protos, ports.codes, len(ports.values)), service)
     if mode == "proto":
-        return map(_protonum, flows)
+        return _Codes(protos)
     if mode == "state":
-        names = {p: state_name(*p) for p in set(map(_proto_and_state, flows))}
-        return map(names.__getitem__, map(_proto_and_state, flows))
+        states = _numbered(_state, flows)
+
+        def state(code: int) -> str | None:
+            protonum, at = divmod(code, len(states.values))
+            return state_name(protonum, states.values[at])
+
+        return _Codes(_paired(protos, states.codes, len(states.values)), state)
     if mode == "mark":
-        return map(attrgetter("mark"), flows)
-    return map(attrgetter("zone"), flows)
+        return _Codes(_column(_mark, flows))
+    return _Codes(_column(_zone, flows))
 
 
 # The GroupRow fields each mode's key fills in, and the sort keys that read them.
@@ -1223,62 +1275,117 @@ _KEY_FIELDS: dict[str, tuple[str, ...]] = {
     "zone": ("zone",),
 }
 _SORT_FIELD = {"proto": "protonum"}
+_COUNTERS = attrgetter("orig_bytes", "reply_bytes", "orig_packets", "reply_packets")
 
 
 class _Groups:
     """Flows aggregated by a group key, as flat per-group columns.
 
     Flat lists of numbers rather than one object per group: grouping 250k flows by address pair
-    makes about as many groups, and only the rows shown (after sort and limit) become GroupRow.
+    makes about as many groups, and only the rows read (see GroupRows) become GroupRow. Made
+    by passes in C but for the flows whose rate moved. The counters are summed when first
+    read, for the groups read (a block of rows: see GroupRows): summing four counters of
+    every flow is a Python loop, ~100 ms at 250k flows.
     """
 
-    def __init__(self, flows: list[Flow], rates: list[Rate | None], mode: str) -> None:
-        index: dict[Any, int] = {}
-        group_of = [index.setdefault(k, len(index)) for k in _group_keys(flows, mode)]
-        n = len(index)
-        count, rated = [0] * n, [0] * n
+    def __init__(self, flows: list[Flow], rates: list[Rate | None], codes: _Codes, mode: str):
+        # Groups are numbered in the order their first flows come.
+        first = dict.fromkeys(codes.codes)
+        key_of = codes.key_of
+        if key_of is None or codes.one_each:
+            by_code = dict(zip(first, count()))
+            keys = list(first) if key_of is None else list(map(key_of, first))
+        else:
+            ordinal: dict[Any, int] = {}
+            by_code = {code: ordinal.setdefault(key_of(code), len(ordinal)) for code in first}
+            keys = list(ordinal)
+        n = len(keys)
+        group_of = list(map(by_code.__getitem__, codes.codes))
+        counts = Counter(group_of)
+        self.count = list(map(counts.__getitem__, range(n)))
+        # Rates are summed over the flows that have one (None for a group without any); the
+        # shared zero adds nothing (x + 0.0 == x), so only the others are, in the flows' order.
+        if None in rates:
+            self.rated = [False] * n
+            for g in set(compress(group_of, map(is_not, rates, repeat(None)))):
+                self.rated[g] = True
+        else:
+            self.rated = [True] * n
         ob_s, rb_s, op_s, rp_s = [0.0] * n, [0.0] * n, [0.0] * n, [0.0] * n
-        # Counters are summed over the flows that have them, and counted: absent is not 0, and a
-        # group whose flows all lack a counter sums to None.
-        bo, br, po, pr = [0] * n, [0] * n, [0] * n, [0] * n
-        has_bo, has_br, has_po, has_pr = [0] * n, [0] * n, [0] * n, [0] * n
-        for g, flow, rate in zip(group_of, flows, rates, strict=True):
-            count[g] += 1
+        moving = list(map(is_not, rates, repeat(ZERO_RATE)))
+        for g, rate in zip(compress(group_of, moving), compress(rates, moving), strict=True):
             if rate is not None:
-                rated[g] += 1
-                if rate is not ZERO_RATE:  # most rates of a big table are this one shared zero
-                    ob_s[g] += rate[0]
-                    rb_s[g] += rate[1]
-                    op_s[g] += rate[2]
-                    rp_s[g] += rate[3]
-            ob, rb = flow.orig_bytes, flow.reply_bytes
-            op, rp = flow.orig_packets, flow.reply_packets
-            if ob is not None:
-                bo[g] += ob
-                has_bo[g] = 1
-            if rb is not None:
-                br[g] += rb
-                has_br[g] = 1
-            if op is not None:
-                po[g] += op
-                has_po[g] = 1
-            if rp is not None:
-                pr[g] += rp
-                has_pr[g] = 1
+                ob_s[g] += rate[0]
+                rb_s[g] += rate[1]
+                op_s[g] += rate[2]
+                rp_s[g] += rate[3]
         self.mode = mode
-        self.keys = list(index)
-        self.count = count
-        self.rated = rated
+        self.keys = keys
         self.rate_sums = (ob_s, rb_s, op_s, rp_s)
-        self.orig_bytes = [v if h else None for v, h in zip(bo, has_bo, strict=True)]
-        self.reply_bytes = [v if h else None for v, h in zip(br, has_br, strict=True)]
-        self.orig_packets = [v if h else None for v, h in zip(po, has_po, strict=True)]
-        self.reply_packets = [v if h else None for v, h in zip(pr, has_pr, strict=True)]
+        self.flows, self.rates, self.group_of = flows, rates, group_of
+        # Summed over the flows that have the counter: absent is not 0, and a group whose
+        # flows all lack it sums to None. Filled in by sum_counters.
+        self.orig_bytes: list[int | None] = [None] * n
+        self.reply_bytes: list[int | None] = [None] * n
+        self.orig_packets: list[int | None] = [None] * n
+        self.reply_packets: list[int | None] = [None] * n
+        self.summed = bytearray(n)
+        self._lock = threading.Lock()  # (rows are read on the UI thread, views made on others)
 
     def __len__(self) -> int:
         return len(self.keys)
 
+    def sum_counters(self, wanted: Iterable[int]) -> None:
+        """Sum the counters of the groups `wanted` that are not summed yet."""
+        with self._lock:
+            summed = self.summed
+            want = {g for g in wanted if not summed[g]}
+            if not want:
+                return
+            groups_of: Iterable[int] = self.group_of
+            members: Iterable[Flow] = self.flows
+            if len(want) < len(summed):  # their flows only, found in C
+                mask = list(map(want.__contains__, self.group_of))
+                groups_of, members = compress(groups_of, mask), compress(members, mask)
+            outs = (self.orig_bytes, self.reply_bytes, self.orig_packets, self.reply_packets)
+            ob_s, rb_s, op_s, rp_s = outs
+            for out in outs:
+                for g in want:
+                    out[g] = 0
+            # Flows without the counter, per group: a group of only those sums to None.
+            ob_m: dict[int, int] = {}
+            rb_m: dict[int, int] = {}
+            op_m: dict[int, int] = {}
+            rp_m: dict[int, int] = {}
+            for g, (ob, rb, op, rp) in zip(groups_of, map(_COUNTERS, members), strict=True):
+                if ob is not None:
+                    ob_s[g] += ob
+                else:
+                    ob_m[g] = ob_m.get(g, 0) + 1
+                if rb is not None:
+                    rb_s[g] += rb
+                else:
+                    rb_m[g] = rb_m.get(g, 0) + 1
+                if op is not None:
+                    op_s[g] += op
+                else:
+                    op_m[g] = op_m.get(g, 0) + 1
+                if rp is not None:
+                    rp_s[g] += rp
+                else:
+                    rp_m[g] = rp_m.get(g, 0) + 1
+            count = self.count
+            for out, missing in zip(outs, (ob_m, rb_m, op_m, rp_m), strict=True):
+                for g, k in missing.items():
+                    if k == count[g]:
+                        out[g] = None
+            for g in want:
+                summed[g] = 1
+
     def row(self, g: int) -> GroupRow:
+        """Group g as a GroupRow (its counters summed first, alone if need be)."""
+        if not self.summed[g]:
+            self.sum_counters((g,))
         key = self.keys[g]
         fields = _KEY_FIELDS[self.mode]
         values = key if len(fields) > 1 else (key,)
@@ -1319,6 +1426,8 @@ class _Groups:
             return [a if k else None for a, k in zip(ob_s, self.rated, strict=True)]
         if sort == "reply_rate":
             return [b if k else None for b, k in zip(rb_s, self.rated, strict=True)]
+        if sort in ("bytes", "packets"):
+            self.sum_counters(range(len(self)))
         if sort == "bytes":
             return list(map(_sum2, self.orig_bytes, self.reply_bytes))
         if sort == "packets":
@@ -1337,6 +1446,63 @@ class _Groups:
         return values
 
 
+# Groups whose counters are summed together when one of them is read (a screenful and more).
+_GROUP_BLOCK = 256
+
+
+class GroupRows(Sequence[GroupRow]):
+    """Groups in order, read as GroupRows made on access: the groups of a big table are many
+    (~80k by address pair at 250k flows), and a screenful of them is read. Their counters
+    are summed a block of rows at a time, when a row of the block is first read (a pass in C
+    over the flows' groups, and a Python loop over the flows of the block's groups only)."""
+
+    __slots__ = ("groups", "order")
+
+    def __init__(self, groups: _Groups, order: list[int]) -> None:
+        self.groups = groups
+        self.order = order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    @overload
+    def __getitem__(self, index: int) -> GroupRow: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> GroupRows: ...
+
+    def __getitem__(self, index: int | slice) -> GroupRow | GroupRows:
+        if isinstance(index, slice):
+            return GroupRows(self.groups, self.order[index])
+        order = self.order
+        g = order[index]
+        if not self.groups.summed[g]:
+            at = index % len(order)
+            self.groups.sum_counters(order[at - at % _GROUP_BLOCK :][:_GROUP_BLOCK])
+        return self.groups.row(g)
+
+    def prepare(self) -> None:
+        """Sum the counters of the first block now (in the worker making the view, not on
+        the thread that shows it)."""
+        self.groups.sum_counters(self.order[:_GROUP_BLOCK])
+
+    def __iter__(self) -> Iterator[GroupRow]:
+        self.groups.sum_counters(self.order)
+        return map(self.groups.row, self.order)
+
+    def find(self, key: Any) -> int | None:
+        """The index of the group with this key (as GroupRow.key has it), or None."""
+        try:
+            return self.order.index(self.groups.keys.index(key))
+        except ValueError:  # no such group, or cut off by a limit
+            return None
+
+    def parts(self) -> list[list[Any]]:
+        """The big lists it reads (for a front end that frees them gradually)."""
+        groups = self.groups
+        return [self.order, groups.group_of, groups.flows, groups.rates, groups.keys]
+
+
 def group_rows(
     rows: Iterable[FlowRow],
     mode: str,
@@ -1353,10 +1519,11 @@ def group_rows(
     if mode == "none":
         raise GroupError("group 'none' has no groups: use the flow rows")
     table = FlowRows.of(rows)
-    return _grouped(_Groups(table.flows, table.rates, mode), sort, reverse, limit)
+    groups = _Groups(table.flows, table.rates, _group_codes(table.flows, mode), mode)
+    return list(_grouped(groups, sort, reverse, limit))
 
 
-def _grouped(groups: _Groups, sort: str | None, reverse: bool, limit: int | None) -> list[GroupRow]:
+def _grouped(groups: _Groups, sort: str | None, reverse: bool, limit: int | None) -> GroupRows:
     if sort is None:
         order = list(range(len(groups)))
     else:
@@ -1364,7 +1531,7 @@ def _grouped(groups: _Groups, sort: str | None, reverse: bool, limit: int | None
         order = _order(groups.column(spec.name), spec.descending != reverse)
     if limit is not None:
         del order[limit:]
-    return [groups.row(g) for g in order]
+    return GroupRows(groups, order)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1510,7 +1677,8 @@ _MEMO_ORDERS = 3
 
 _MEMO_LOCK = threading.Lock()
 
-# A memo's entry for what its orders share: the column store and the unfiltered totals.
+# A memo's entry for what its orders share: the column store, the unfiltered totals and
+# groups.
 _SHARED = "shared"
 
 
@@ -1524,6 +1692,9 @@ def memo_parts(memo: dict[Any, Any]) -> list[list[Any]]:
             totals = entry.get("totals")
             if totals is not None:
                 parts.append(totals._flows)
+            for name, groups in list(entry.items()):
+                if isinstance(name, tuple):  # ("group", mode)
+                    parts += [groups.group_of, groups.keys]
         else:
             ordered, order = entry
             parts += [ordered.flows, ordered.rates, order]
@@ -1596,7 +1767,7 @@ def _inherit(store: _ColumnStore, carry: Carry) -> None:
 
 
 class ViewResult(NamedTuple):
-    rows: FlowRows | list[GroupRow]  # ordered; at most `limit`
+    rows: FlowRows | GroupRows  # ordered; at most `limit`
     totals: ViewTotals  # of every flow that passed the filter
     matched: int  # rows (flows, or groups) before the limit
     all_flows: int  # flows in the input, before the filter
@@ -1639,6 +1810,20 @@ def _filtered_in_order(
     return list(_permuted(table.flows, at)), list(_permuted(table.rates, at))
 
 
+def _shared(memo: dict[Any, Any], table: FlowRows, carry: Carry | None) -> dict[Any, Any]:
+    """The memo's entry for what does not depend on the order: the column store (made, and
+    filled from the last sample's, the first time), the unfiltered totals and groups."""
+    shared: dict[Any, Any] | None = memo.get(_SHARED)
+    if shared is None:
+        columns = _ColumnStore(table.flows)
+        if carry is not None:
+            _inherit(columns, carry)
+        # A front end may compute views of one sample on two threads at once.
+        with _MEMO_LOCK:
+            shared = memo.setdefault(_SHARED, {"columns": columns})
+    return shared
+
+
 def apply(
     rows: Iterable[FlowRow],
     *,
@@ -1673,16 +1858,35 @@ def apply(
         raise ViewError(f"limit must not be negative, got {limit}")
     pred = parse_filter(filter) if isinstance(filter, str) else filter
     table = FlowRows.of(rows)
+    if pred is _match_all:
+        pred = None
+    if mode != "none" and memo is not None:
+        shared = _shared(memo, table, carry)
+        groups: _Groups | None = None if pred else shared.get(("group", mode))
+        if groups is None:
+            flows, rates = table.flows, table.rates
+            with _columns_of(shared["columns"], stop):
+                codes = _group_codes(flows, mode)
+                if pred is not None:
+                    keep = matches(pred, flows)
+                    codes = codes._replace(codes=list(compress(codes.codes, keep)))
+                    flows, rates = list(compress(flows, keep)), list(compress(rates, keep))
+            _check(stop)
+            groups = _Groups(flows, rates, codes, mode)
+            if pred is None:
+                with _MEMO_LOCK:
+                    groups = shared.setdefault(("group", mode), groups)
+        if pred is not None:
+            totals = ViewTotals(groups.flows, groups.rates)
+        else:
+            totals = shared.get("totals") or shared.setdefault(
+                "totals", ViewTotals(table.flows, table.rates)
+            )
+        rows_out = _grouped(groups, sort, reverse, limit)
+        rows_out.prepare()
+        return ViewResult(rows_out, totals, len(groups), len(table))
     if mode == "none" and memo is not None:
-        # What does not depend on the order (the columns, the unfiltered totals) is shared.
-        shared = memo.get(_SHARED)
-        if shared is None:
-            columns = _ColumnStore(table.flows)
-            if carry is not None:
-                _inherit(columns, carry)
-            # A front end may compute views of one sample on two threads at once.
-            with _MEMO_LOCK:
-                shared = memo.setdefault(_SHARED, {"columns": columns})
+        shared = _shared(memo, table, carry)
         known = memo.get((sort, reverse))
         if known is None:
             _check(stop)
@@ -1699,7 +1903,7 @@ def apply(
                 known = memo.setdefault((sort, reverse), (ordered, order))
         ordered, order = known
         flows, rates = ordered.flows, ordered.rates
-        if pred is not None and pred is not _match_all:
+        if pred is not None:
             columns = shared["columns"]
             flows, rates = _filtered_in_order(pred, table, ordered, order, columns, stop)
         if flows is ordered.flows:
@@ -1712,12 +1916,12 @@ def apply(
             flows, rates = flows[:limit], rates[:limit]
         return ViewResult(FlowRows(flows, rates), totals, matched, len(table))
     flows, rates = table.flows, table.rates
-    if pred is not None and pred is not _match_all:
+    if pred is not None:
         flows, rates = _filtered(pred, flows, rates, stop)
     totals = ViewTotals(flows, rates)
     if mode == "none":
         return ViewResult(
             sort_flows(FlowRows(flows, rates), sort, reverse, limit), totals, len(flows), len(table)
         )
-    groups = _Groups(flows, rates, mode)
+    groups = _Groups(flows, rates, _group_codes(flows, mode), mode)
     return ViewResult(_grouped(groups, sort, reverse, limit), totals, len(groups), len(table))

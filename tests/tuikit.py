@@ -25,7 +25,7 @@ from cttop.sampler import FlowRows
 from cttop.tui.app import CttopApp, ViewSettings
 from cttop.tui.header import Header
 from cttop.tui.table import FlowTable
-from cttop.view import GroupRow
+from cttop.view import GroupRow, GroupRows
 
 SLOW = 3600.0  # an interval that never fires during a test: polls happen when asked for
 
@@ -183,8 +183,8 @@ def flows(app: CttopApp) -> list[Flow]:
 
 def groups(app: CttopApp) -> list[GroupRow]:
     rows = table(app).rows
-    assert isinstance(rows, list), f"expected group rows, got {type(rows).__name__}"
-    return rows
+    assert isinstance(rows, GroupRows), f"expected group rows, got {type(rows).__name__}"
+    return list(rows)
 
 
 def header(app: CttopApp) -> list[str]:

@@ -156,7 +156,7 @@ def _containers(
     snapshot's flows if asked too (the source's: see Source.disposable)."""
     rows = shown.result.rows
     found: list[Any] = [getattr(shown.result.totals, "_flows", None)]
-    found += [rows.flows, rows.rates] if isinstance(rows, FlowRows) else [rows]
+    found += [rows.flows, rows.rates] if isinstance(rows, FlowRows) else rows.parts()
     if with_sample:
         sample = shown.sample
         found += [sample.rows.flows, sample.rows.rates]
@@ -193,10 +193,9 @@ def _find(result: ViewResult, key: Any, row: Any = None, same: bool = False) -> 
             if flows[i].orig == orig and flows[i].zone == zone:
                 return i
         return None
-    for i, g in enumerate(rows):
-        if (g.group, g.key) == key:
-            return i
-    return None
+    if not isinstance(key, tuple) or len(key) != 2 or key[0] != rows.groups.mode:
+        return None  # a flow's key, or another grouping's
+    return rows.find(key[1])
 
 
 class Resolver:
