@@ -980,6 +980,12 @@ _PORT_VALUES = tuple(map(attrgetter, _PORT_PATHS))
 _ADDRESSES = tuple(map(attrgetter, _ADDRESS_PATHS))
 # What each reads, for reading several in one pass (see _prefetch).
 _PATHS = dict(zip(_PORT_VALUES + _ADDRESSES, _PORT_PATHS + _ADDRESS_PATHS, strict=True))
+_orig_sport, _orig_dport = _PORT_VALUES[:2]
+_orig_src, _orig_dst = _ADDRESSES[:2]  # (one getter each: one column in a store, carried)
+_state = attrgetter("state")
+_expires = attrgetter("expires")
+_start = attrgetter("start")
+_id = attrgetter("id")
 
 
 def _c_rate(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
@@ -1003,37 +1009,40 @@ def _c_packets(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
     return list(map(_sum2, map(_orig_packets, flows), map(_reply_packets, flows)))
 
 
+# The columns below are read through this thread's column store when it has one for these
+# flows (see _cached): a sort's column is then a filter's too, and the identity columns are
+# copied from the last sample's (see _inherit) instead of read from 250k flows (20-80 ms).
+
+
 def _c_age(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
     # An earlier start is a greater age: sort on -start so that "descending" means oldest first.
-    return [None if s is None else -s for s in map(attrgetter("start"), flows)]
+    return [None if s is None else -s for s in _column(_start, flows)]
 
 
 def _c_proto(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
-    nums = list(map(_protonum, flows))
-    names = {p: proto_name(p) for p in set(nums)}
+    nums = _column(_protonum, flows)
+    names = {p: proto_name(p) for p in _distinct(_protonum, flows, nums)}
     return list(map(names.__getitem__, nums))
 
 
 def _c_state(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
-    pairs = list(map(_proto_and_state, flows))
-    names = {p: state_name(*p) for p in set(pairs)}
+    pairs = _column(_proto_and_state, flows)
+    names = {p: state_name(*p) for p in _distinct(_proto_and_state, flows, pairs)}
     return list(map(names.__getitem__, pairs))
 
 
-def _c_attr(path: str) -> _Column:
-    get = attrgetter(path)
-    return lambda flows, rates: list(map(get, flows))
+def _c_attr(get: Callable[[Flow], Any]) -> _Column:
+    return lambda flows, rates: _column(get, flows)
 
 
-def _address_keys(addresses: list[str | None]) -> list[Any]:
-    # A big table has far fewer distinct addresses than flows: parse each once.
-    keys = {a: _address_key(a) for a in set(addresses)}
-    return list(map(keys.__getitem__, addresses))
+def _c_address(get: Callable[[Flow], Any]) -> _Column:
+    def column(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
+        addresses = _column(get, flows)
+        # A big table has far fewer distinct addresses than flows: each parsed once.
+        keys = {a: _address_key(a) for a in _distinct(get, flows, addresses)}
+        return list(map(keys.__getitem__, addresses))
 
-
-def _c_address(path: str) -> _Column:
-    get = attrgetter(path)
-    return lambda flows, rates: _address_keys(list(map(get, flows)))
+    return column
 
 
 _FLOW_COLUMNS: dict[str, _Column] = {
@@ -1044,16 +1053,16 @@ _FLOW_COLUMNS: dict[str, _Column] = {
     "packets": _c_packets,
     "flows": lambda flows, rates: [1] * len(flows),
     "age": _c_age,
-    "timeout": _c_attr("expires"),  # the soonest expiry is the fewest seconds left
+    "timeout": _c_attr(_expires),  # the soonest expiry is the fewest seconds left
     "proto": _c_proto,
     "state": _c_state,
-    "src": _c_address("orig.src"),
-    "dst": _c_address("orig.dst"),
-    "sport": _c_attr("orig.sport"),
-    "dport": _c_attr("orig.dport"),
-    "mark": _c_attr("mark"),
-    "zone": _c_attr("zone"),
-    "id": _c_attr("id"),
+    "src": _c_address(_orig_src),
+    "dst": _c_address(_orig_dst),
+    "sport": _c_attr(_orig_sport),
+    "dport": _c_attr(_orig_dport),
+    "mark": _c_attr(_mark),
+    "zone": _c_attr(_zone),
+    "id": _c_attr(_id),
 }
 
 
@@ -1097,7 +1106,7 @@ def _sorted(
     order = _order(values, descending, index)
     if limit is not None:
         del order[limit:]
-    return FlowRows(list(map(flows.__getitem__, order)), list(map(rates.__getitem__, order))), order
+    return FlowRows(list(_permuted(flows, order)), list(_permuted(rates, order))), order
 
 
 def _by_rate(
@@ -1187,11 +1196,6 @@ def service_name(port: int, protonum: int | None = IPPROTO_TCP) -> str | None:
         return socket.getservbyport(port, transport)
     except (OSError, OverflowError):
         return None
-
-
-_orig_src, _orig_dst = _ADDRESSES[:2]  # (one getter each: one column in a store, carried)
-_orig_dport = _PORT_VALUES[1]
-_state = attrgetter("state")
 
 
 class _Codes(NamedTuple):
@@ -1637,21 +1641,26 @@ def _rate_run_starts(
 
 
 def _the_other_way(
-    ordered: FlowRows, order: list[int], column: _Column
-) -> tuple[FlowRows, list[int]]:
-    """Rows stably sorted by `column` one way, stably sorted the other way: the runs of equal
-    values in reverse order, each run as it was (in a stable sort, in the input's order), the
-    rows without a value still last. Far cheaper than sorting again when runs are long (a big
-    table's idle flows all rate 0). `order`, the indices that sorted them, is turned too."""
+    table: FlowRows, ordered: FlowRows, order: list[int], column: _Column
+) -> tuple[FlowRows, list[int]] | None:
+    """`table`'s rows stably sorted by `column` one way (`ordered`, by the indices `order`),
+    stably sorted the other way: the runs of equal values in reverse order, each run as it
+    was (in a stable sort, in the input's order), the rows without a value still last. Far
+    cheaper than sorting again when runs are long (a big table's idle flows all rate 0);
+    None when they are mostly short (ids, ports of a busy table): sorting again is then."""
     flows, rates = ordered.flows, ordered.rates
     value = _RATE_VALUES.get(column)
     if value is not None:
         present = bisect_left(rates, True, key=_is_none)  # the rows without a rate are last
         starts = _rate_run_starts(rates, present, value)
     else:
-        values = column(flows, rates)
+        # The table's column (from the store, when this thread has one), put in order in C:
+        # no flow read.
+        values = list(_permuted(column(table.flows, table.rates), order))
         present = len(values) - values.count(None)
         starts = _run_starts(values[:present], 0) or [0]
+        if len(starts) > max(_SHORT_RUNS, present // _SHORT_RUNS):
+            return None
     bounds = list(zip(starts, [*starts[1:], present], strict=True))
     out_flows: list[Flow] = []
     out_rates: list[Rate | None] = []
@@ -1664,6 +1673,11 @@ def _the_other_way(
     out_rates += rates[present:]
     out_order += order[present:]
     return FlowRows(out_flows, out_rates), out_order
+
+
+# More runs than a 1/16 of the rows (and 16): turning them over one by one (~1 us each) costs
+# more than sorting again.
+_SHORT_RUNS = 16
 
 
 def _is_none(value: object) -> bool:
@@ -1702,11 +1716,13 @@ def memo_parts(memo: dict[Any, Any]) -> list[list[Any]]:
 
 
 # The columns that depend only on what a `Carry` keeps of a flow from one sample to the next
-# (family, protocol, both tuples, zone): a column store's key -> the column's value for a flow.
+# (family, protocol, both tuples, zone, id): a column store's key -> the column's value for a
+# flow.
 _CARRIED: dict[Callable[..., Any], Callable[[Flow], Any]] = {
     _protonum: _protonum,
     _family: _family,
     _zone: _zone,
+    _id: _id,
     _has_ports: lambda flow: flow.protonum in _PORT_PROTOS,
     _not_icmp: lambda flow: flow.protonum not in _ICMPS,
     **{get: get for get in (*_PORT_VALUES, *_ADDRESSES)},
@@ -1891,11 +1907,10 @@ def apply(
         if known is None:
             _check(stop)
             other = memo.get((sort, not reverse))
-            ordered, order = (
-                _sorted(table, sort, reverse, keep=True)
-                if other is None
-                else _the_other_way(other[0], other[1], _FLOW_COLUMNS[_sort_key(sort).name])
-            )
+            column = _FLOW_COLUMNS[_sort_key(sort).name]
+            with _columns_of(shared["columns"], stop):
+                turned = other and _the_other_way(table, other[0], other[1], column)
+                ordered, order = turned or _sorted(table, sort, reverse, keep=True)
             with _MEMO_LOCK:
                 orders = [key for key in memo if key != _SHARED]
                 if len(orders) >= _MEMO_ORDERS:

@@ -107,7 +107,6 @@ class FlowTable(ScrollView, can_focus=True):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rows: Sequence[Any] = FlowRows([], [])
-        self.rates: Sequence[Rate | None] = []
         self.columns: tuple[Column, ...] = FLOW_COLUMNS
         self.cols: list[tuple[Column, int]] = []
         self.options = Options()
@@ -126,10 +125,6 @@ class FlowTable(ScrollView, can_focus=True):
     ) -> None:
         """Show new rows; `cursor` is where the selected row now is (None: keep the index)."""
         self.rows = rows
-        if isinstance(rows, FlowRows):
-            self.rates = rows.rates
-        else:
-            self.rates = [g.rate for g in rows]
         changed_columns = columns is not self.columns
         self.columns = columns
         self.options = options
