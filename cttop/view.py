@@ -37,7 +37,7 @@ from cttop.conntrack.const import (
     state_name,
 )
 from cttop.conntrack.model import Flow
-from cttop.sampler import ZERO_RATE, Carry, FlowRow, FlowRows, Rate
+from cttop.sampler import ZERO_RATE, Carry, FlowRow, FlowRows, Rate, permuted
 
 __all__ = [
     "GROUP_KEYS",
@@ -246,14 +246,6 @@ def _by_value(get: Callable[[Flow], Any], test: Callable[[Any], bool]) -> _Mask:
 def _equal(values: list[Any], value: Any) -> list[bool]:
     """[v == value for v in values], at C speed (operator.eq: twice as fast as value.__eq__)."""
     return list(map(eq, values, repeat(value)))
-
-
-def _permuted(values: list[Any], order: list[int]) -> Iterable[Any]:
-    """values[i] for i in order, at C speed: one itemgetter of the whole order (which
-    makes no call per index, as map(values.__getitem__, order) does)."""
-    if len(order) < 2:  # (itemgetter of one index gives the item, not a tuple)
-        return [values[i] for i in order]
-    return itemgetter(*order)(values)  # type: ignore[no-any-return]
 
 
 def _any_of(masks: list[_Mask], reads: tuple[Callable[[Flow], Any], ...] = ()) -> _Mask:
@@ -1085,65 +1077,40 @@ def sort_flows(
 
     Stable (equal keys keep their order) and total; rows without the value go last either way.
     """
-    return _sorted(FlowRows.of(rows), sort, reverse, limit)[0]
+    return _sorted(FlowRows.of(rows), sort, reverse, limit)
 
 
-def _sorted(
-    table: FlowRows, sort: str, reverse: bool, limit: int | None = None, keep: bool = False
-) -> tuple[FlowRows, list[int]]:
-    """`sort_flows`, and, if `keep`, the order as indices into `table` (row i of the result
-    is row order[i] of `table`), made of the shared ints of `_indices`."""
+def _sorted(table: FlowRows, sort: str, reverse: bool, limit: int | None = None) -> FlowRows:
+    """`sort_flows`: `table`'s rows by index (see FlowRows.in_order), in an order made of the
+    shared ints of `_indices`."""
     spec = _sort_key(sort)
     flows, rates = table.flows, table.rates
     column = _FLOW_COLUMNS[spec.name]
     descending = spec.descending != reverse
     values = column(flows, rates)
-    index = _indices(len(flows)) if keep else None
-    if column in _RATE_VALUES:
-        out = _by_rate(flows, rates, values, descending, index)
-        if out is not None:
-            return out if limit is None else (out[0][:limit], out[1][:limit])
-    order = _order(values, descending, index)
+    index = _indices(len(flows))
+    order = _by_rate(values, descending, index) if column in _RATE_VALUES else None
+    if order is None:
+        order = _order(values, descending, index)
     if limit is not None:
         del order[limit:]
-    return FlowRows(list(_permuted(flows, order)), list(_permuted(rates, order))), order
+    return FlowRows.in_order(table, order)
 
 
-def _by_rate(
-    flows: list[Flow],
-    rates: list[Rate | None],
-    values: list[Any],
-    descending: bool,
-    index: list[int] | None,
-) -> tuple[FlowRows, list[int]] | None:
+def _by_rate(values: list[Any], descending: bool, index: list[int]) -> list[int] | None:
     """What `_order` would give for a rate column, without sorting every flow: a rate is never
     negative, so the flows at 0 (most of a big table: idle) are one run at the low end, kept
     in their order as a stable sort keeps them; only the moving ones are sorted. None for
-    rates the Sampler does not make (negative, NaN). The order is made only with `index`
-    (see `_sorted`)."""
-    moving = list(compress(range(len(values)) if index is None else index, values))
+    rates the Sampler does not make (negative, NaN)."""
+    moving = list(compress(index, values))
     if not all(map(le, repeat(0.0), map(values.__getitem__, moving))):  # negative, NaN
         return None
     moving.sort(key=values.__getitem__, reverse=descending)
-    moving_flows = list(map(flows.__getitem__, moving))
-    moving_rates = list(map(rates.__getitem__, moving))
-    zero = list(map(eq, values, repeat(0.0)))
-    idle_flows = list(compress(flows, zero))
-    idle_rates = list(compress(rates, zero))
-    idle = [] if index is None else list(compress(index, zero))
-    if descending:
-        out_flows, out_rates, order = moving_flows + idle_flows, moving_rates + idle_rates, moving
-        order += idle
-    else:
-        out_flows, out_rates, order = idle_flows + moving_flows, idle_rates + moving_rates, idle
-        order += moving
-    if len(out_flows) < len(flows):  # the flows without a rate, last either way
-        absent = list(map(is_, values, repeat(None)))
-        out_flows += compress(flows, absent)
-        out_rates += compress(rates, absent)
-        if index is not None:
-            order += compress(index, absent)
-    return FlowRows(out_flows, out_rates), order if index is not None else []
+    idle = list(compress(index, map(eq, values, repeat(0.0))))
+    order = moving + idle if descending else idle + moving
+    if len(order) < len(values):  # the flows without a rate, last either way
+        order += compress(index, map(is_, values, repeat(None)))
+    return order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1550,10 +1517,12 @@ class ViewTotals:
     read.
     """
 
-    __slots__ = ("_counters", "_flows", "flows", "no_rate", "rate")
+    __slots__ = ("_counters", "flows", "no_rate", "rate", "rows")
 
-    def __init__(self, flows: list[Flow], rates: list[Rate | None]) -> None:
-        self.flows = len(flows)
+    def __init__(self, rows: FlowRows) -> None:
+        self.rows = rows
+        self.flows = len(rows)
+        rates = rows.rates
         self.no_rate = rates.count(None)  # flows among them without a rate
         # The shared zero adds nothing to a sum (x + 0.0 == x): only the others are summed.
         moving = list(filter(None, compress(rates, map(is_not, rates, repeat(ZERO_RATE)))))
@@ -1570,12 +1539,11 @@ class ViewTotals:
             if present
             else None
         )
-        self._flows = flows
         self._counters: dict[str, int | None] = {}
 
     def _counter(self, name: str) -> int | None:
         if name not in self._counters:
-            values = list(map(attrgetter(name), self._flows))
+            values = list(map(attrgetter(name), self.rows.flows))
             present = len(values) - values.count(None)
             self._counters[name] = sum(filter(None, values)) if present else None
         return self._counters[name]
@@ -1642,37 +1610,31 @@ def _rate_run_starts(
 
 def _the_other_way(
     table: FlowRows, ordered: FlowRows, order: list[int], column: _Column
-) -> tuple[FlowRows, list[int]] | None:
+) -> FlowRows | None:
     """`table`'s rows stably sorted by `column` one way (`ordered`, by the indices `order`),
     stably sorted the other way: the runs of equal values in reverse order, each run as it
     was (in a stable sort, in the input's order), the rows without a value still last. Far
     cheaper than sorting again when runs are long (a big table's idle flows all rate 0);
     None when they are mostly short (ids, ports of a busy table): sorting again is then."""
-    flows, rates = ordered.flows, ordered.rates
     value = _RATE_VALUES.get(column)
     if value is not None:
+        rates = ordered.rates
         present = bisect_left(rates, True, key=_is_none)  # the rows without a rate are last
         starts = _rate_run_starts(rates, present, value)
     else:
         # The table's column (from the store, when this thread has one), put in order in C:
         # no flow read.
-        values = list(_permuted(column(table.flows, table.rates), order))
+        values = permuted(column(table.flows, table.rates), order)
         present = len(values) - values.count(None)
         starts = _run_starts(values[:present], 0) or [0]
         if len(starts) > max(_SHORT_RUNS, present // _SHORT_RUNS):
             return None
     bounds = list(zip(starts, [*starts[1:], present], strict=True))
-    out_flows: list[Flow] = []
-    out_rates: list[Rate | None] = []
-    out_order: list[int] = []
+    out: list[int] = []
     for start, end in reversed(bounds):  # (an empty table: one empty run)
-        out_flows += flows[start:end]
-        out_rates += rates[start:end]
-        out_order += order[start:end]
-    out_flows += flows[present:]
-    out_rates += rates[present:]
-    out_order += order[present:]
-    return FlowRows(out_flows, out_rates), out_order
+        out += order[start:end]
+    out += order[present:]
+    return FlowRows.in_order(table, out)
 
 
 # More runs than a 1/16 of the rows (and 16): turning them over one by one (~1 us each) costs
@@ -1705,13 +1667,12 @@ def memo_parts(memo: dict[Any, Any]) -> list[list[Any]]:
             parts += entry["columns"].values.values()
             totals = entry.get("totals")
             if totals is not None:
-                parts.append(totals._flows)
+                parts += totals.rows.parts()
             for name, groups in list(entry.items()):
                 if isinstance(name, tuple):  # ("group", mode)
                     parts += [groups.group_of, groups.keys]
         else:
-            ordered, order = entry
-            parts += [ordered.flows, ordered.rates, order]
+            parts += entry.parts()
     return parts
 
 
@@ -1791,8 +1752,7 @@ class ViewResult(NamedTuple):
 
 def totals_of(rows: Iterable[FlowRow]) -> ViewTotals:
     """Sum the rates and counters of flow rows."""
-    table = FlowRows.of(rows)
-    return ViewTotals(table.flows, table.rates)
+    return ViewTotals(FlowRows.of(rows))
 
 
 def _filtered(
@@ -1809,21 +1769,20 @@ def _filtered_in_order(
     pred: Predicate,
     table: FlowRows,
     ordered: FlowRows,
-    order: list[int],
     columns: _ColumnStore,
     stop: Callable[[], bool] | None,
-) -> tuple[list[Flow], list[Rate | None]]:
-    """The rows of `ordered` (`table` in `order`) that `pred` keeps: tested in the table's
-    own order, from the columns kept for it, and taken by index, so that no flow but those
-    kept is read (a pass over the ordered flows touches every one of them: at 250k flows,
-    10-30 ms of cache misses)."""
+) -> FlowRows:
+    """The rows of `ordered` (`table`'s rows by index) that `pred` keeps: tested in the
+    table's own order, from the columns kept for it, and taken by index, so that no flow is
+    read but for the columns a column store lacks."""
     with _columns_of(columns, stop):
         keep = matches(pred, table.flows)
     _check(stop)
     if all(keep):
-        return ordered.flows, ordered.rates
-    at = list(compress(order, _permuted(keep, order)))
-    return list(_permuted(table.flows, at)), list(_permuted(table.rates, at))
+        return ordered
+    order = ordered.order
+    assert order is not None
+    return FlowRows.in_order(table, list(compress(order, permuted(keep, order))))
 
 
 def _shared(memo: dict[Any, Any], table: FlowRows, carry: Carry | None) -> dict[Any, Any]:
@@ -1893,47 +1852,40 @@ def apply(
                 with _MEMO_LOCK:
                     groups = shared.setdefault(("group", mode), groups)
         if pred is not None:
-            totals = ViewTotals(groups.flows, groups.rates)
+            totals = ViewTotals(FlowRows(groups.flows, groups.rates))
         else:
-            totals = shared.get("totals") or shared.setdefault(
-                "totals", ViewTotals(table.flows, table.rates)
-            )
+            totals = shared.get("totals") or shared.setdefault("totals", ViewTotals(table))
         rows_out = _grouped(groups, sort, reverse, limit)
         rows_out.prepare()
         return ViewResult(rows_out, totals, len(groups), len(table))
     if mode == "none" and memo is not None:
         shared = _shared(memo, table, carry)
-        known = memo.get((sort, reverse))
-        if known is None:
+        ordered: FlowRows | None = memo.get((sort, reverse))
+        if ordered is None:
             _check(stop)
             other = memo.get((sort, not reverse))
             column = _FLOW_COLUMNS[_sort_key(sort).name]
             with _columns_of(shared["columns"], stop):
-                turned = other and _the_other_way(table, other[0], other[1], column)
-                ordered, order = turned or _sorted(table, sort, reverse, keep=True)
+                turned = other and _the_other_way(table, other, other.order, column)
+                made = turned or _sorted(table, sort, reverse)
             with _MEMO_LOCK:
                 orders = [key for key in memo if key != _SHARED]
                 if len(orders) >= _MEMO_ORDERS:
                     del memo[orders[0]]
-                known = memo.setdefault((sort, reverse), (ordered, order))
-        ordered, order = known
-        flows, rates = ordered.flows, ordered.rates
+                ordered = memo.setdefault((sort, reverse), made)
+        rows = ordered
         if pred is not None:
-            columns = shared["columns"]
-            flows, rates = _filtered_in_order(pred, table, ordered, order, columns, stop)
-        if flows is ordered.flows:
+            rows = _filtered_in_order(pred, table, ordered, shared["columns"], stop)
+        if rows is ordered:
             known_totals: ViewTotals | None = shared.get("totals")
-            totals = known_totals or shared.setdefault("totals", ViewTotals(flows, rates))
+            totals = known_totals or shared.setdefault("totals", ViewTotals(table))
         else:
-            totals = ViewTotals(flows, rates)
-        matched = len(flows)
-        if limit is not None:
-            flows, rates = flows[:limit], rates[:limit]
-        return ViewResult(FlowRows(flows, rates), totals, matched, len(table))
+            totals = ViewTotals(rows)
+        return ViewResult(rows if limit is None else rows[:limit], totals, len(rows), len(table))
     flows, rates = table.flows, table.rates
     if pred is not None:
         flows, rates = _filtered(pred, flows, rates, stop)
-    totals = ViewTotals(flows, rates)
+    totals = ViewTotals(FlowRows(flows, rates))
     if mode == "none":
         return ViewResult(
             sort_flows(FlowRows(flows, rates), sort, reverse, limit), totals, len(flows), len(table)

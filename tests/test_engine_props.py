@@ -674,6 +674,39 @@ def test_sort_twice_is_the_same(rows, key, reverse):
     assert sort_flows(once, key, reverse) == once
 
 
+@given(st.integers(0, 30), st.data())
+def test_rows_by_index_are_the_rows_they_stand_for(n, data):
+    """FlowRows.in_order(base, order) reads as the lists it stands for through every
+    accessor, also when it is itself taken in an order (composed), and makes no list of its
+    own until `flows` or `rates` is read."""
+    flows = [object() for _ in range(n)]  # distinct: identity searches tell them apart
+    rates = [Rate(float(i), 0.0, 0.0, 0.0) if i % 3 else None for i in range(n)]
+    base = FlowRows(flows, rates)  # type: ignore[arg-type]
+
+    def some(k: int) -> Any:
+        return st.lists(st.integers(0, k - 1), unique=True, max_size=k) if k else st.just([])
+
+    order = data.draw(some(n))
+    rows = FlowRows.in_order(base, order)
+    want = FlowRows([flows[i] for i in order], [rates[i] for i in order])  # type: ignore[misc]
+    assert len(rows) == len(want)
+    assert [rows.at(i) for i in range(len(rows))] == list(zip(want.flows, want.rates, strict=True))
+    assert [rows[i] for i in range(-len(rows), len(rows))] == list(want) + list(want)
+    for i, f in enumerate(flows):
+        at = want.flows.index(f) if i in order else None
+        assert rows.index_of(f) == at  # type: ignore[arg-type]
+        assert rows.row_of(rows.source().index(f)) == at
+    start, stop = data.draw(st.integers(-3, n + 3)), data.draw(st.integers(-3, n + 3))
+    assert rows[start:stop] == want[start:stop]
+    inner = data.draw(some(len(order)))
+    nested = FlowRows.in_order(rows, inner)
+    assert nested.order == [order[i] for i in inner] and nested.source() is flows
+    assert nested == FlowRows.in_order(want, inner) == FlowRows.of([want[i] for i in inner])
+    assert rows.parts() == [order]  # no list of its own made yet
+    assert rows == want
+    assert rows.parts() == [order, want.flows, want.rates]
+
+
 # --- view totals and group-by -----------------------------------------------------------------
 
 

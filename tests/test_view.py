@@ -769,18 +769,21 @@ def test_pushdown_never_drops_what_the_view_keeps(expr: str) -> None:
                     assert check.match(f), (expr, f)
 
 
-def test_memo_parts_keep_the_order_the_shared_totals_read() -> None:
-    """The unfiltered totals of a sample are shared by its orders and read the order they were
-    first made with; when that order has left the memo, it is still among its parts (a front
-    end freeing what a memo no longer holds must not empty it)."""
+def test_the_shared_totals_read_the_rows_not_an_order() -> None:
+    """The unfiltered totals of a sample are shared by its orders and read the rows
+    themselves, not the order they were first made with: when that order has left the memo
+    (and a front end freed it), they still sum the same; the rows' lists are among the memo's
+    parts."""
     memo: dict[object, object] = {}
-    first = apply(GROUPABLE, sort="rate", memo=memo)
+    table = FlowRows.of(GROUPABLE)
+    first = apply(table, sort="rate", memo=memo)
     for key in ("src", "dst", "bytes", "id"):
-        apply(GROUPABLE, sort=key, memo=memo)
+        apply(table, sort=key, memo=memo)
     assert ("rate", False) not in memo
+    assert first.totals.rows is table
     parts = memo_parts(memo)  # type: ignore[arg-type]
-    assert any(part is first.totals._flows for part in parts)
-    assert apply(GROUPABLE, sort="src", memo=memo).totals.bytes == first.totals.bytes
+    assert any(part is table.flows for part in parts)
+    assert apply(table, sort="src", memo=memo).totals.bytes == first.totals.bytes
 
 
 @pytest.mark.parametrize("chunk", [1 << 15, 2])

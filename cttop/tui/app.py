@@ -34,7 +34,7 @@ from cttop.conntrack.const import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPP
 from cttop.conntrack.model import Flow, Snapshot
 from cttop.heap import HeapPolicy, release
 from cttop.record import EndOfRecording
-from cttop.sampler import FlowRows, Sample, Sampler, index_of
+from cttop.sampler import FlowRows, Sample, Sampler
 from cttop.source import take
 from cttop.tui.columns import FLOW_COLUMNS, GROUP_COLUMNS, Options
 from cttop.tui.header import Header, HeaderState, notices_for
@@ -154,9 +154,7 @@ def _containers(
 ) -> list[list[Any] | dict[Any, Any]]:
     """The big lists and dicts a Shown holds: its view's, its sample's if asked, and the
     snapshot's flows if asked too (the source's: see Source.disposable)."""
-    rows = shown.result.rows
-    found: list[Any] = [getattr(shown.result.totals, "_flows", None)]
-    found += [rows.flows, rows.rates] if isinstance(rows, FlowRows) else rows.parts()
+    found: list[Any] = shown.result.totals.rows.parts() + shown.result.rows.parts()
     if with_sample:
         sample = shown.sample
         found += [sample.rows.flows, sample.rows.rates]
@@ -180,18 +178,18 @@ def _find(result: ViewResult, key: Any, row: Any = None, same: bool = False) -> 
     if isinstance(rows, FlowRows):
         if not isinstance(key, tuple) or len(key) != 3:
             return None  # a group's key: not a flow
-        flows = rows.flows
         if isinstance(row, Flow):
-            at = index_of(flows, row)
+            at = rows.index_of(row)
             if at is not None or same:
                 return at
         # By id first, at C speed (a big table: 250k Flow.key calls are 75 ms), and lazily:
         # the selected flow is mostly near the top, and the search stops there. The id is a
         # 32-bit hash, so the rest of the key is checked before it counts.
         zone, orig, flow_id = key
+        flows = rows.source()
         for i in compress(count(), map(eq, map(_flow_id, flows), repeat(flow_id))):
             if flows[i].orig == orig and flows[i].zone == zone:
-                return i
+                return rows.row_of(i)
         return None
     if not isinstance(key, tuple) or len(key) != 2 or key[0] != rows.groups.mode:
         return None  # a flow's key, or another grouping's

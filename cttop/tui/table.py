@@ -142,7 +142,7 @@ class FlowTable(ScrollView, can_focus=True):
     def row_at(self, index: int) -> tuple[Any, Rate | None] | None:
         if 0 <= index < len(self.rows):
             if isinstance(self.rows, FlowRows):
-                return self.rows.flows[index], self.rows.rates[index]
+                return self.rows.at(index)
             g = self.rows[index]
             return g, g.rate
         return None

@@ -81,6 +81,9 @@ table inet cttop_bench {
 }
 """
 TERM_SIZE = (160, 48)  # columns, lines
+# Key rounds that also sort by every column in turn and group by every mode in turn (each
+# ~1.5 s a key: 22 keys).
+COLUMN_ROUNDS = 2
 
 
 def _median(values: list[float]) -> float | None:
@@ -685,7 +688,7 @@ async def _ui_bench(n: int, rounds: int, tick_seconds: float, interval: float) -
     from textual.keys import REPLACED_KEYS, _character_to_key, _get_unicode_name_from_key
 
     from cttop.source import LiveSource
-    from cttop.tui.app import CttopApp
+    from cttop.tui.app import GROUP_CYCLE, CttopApp
     from cttop.tui.table import FlowTable
 
     pc = time.perf_counter
@@ -876,15 +879,24 @@ async def _ui_bench(n: int, rounds: int, tick_seconds: float, interval: float) -
         # Phase 2: keys, each at a random moment relative to the polls.
         rng = random.Random(n)
         latencies: dict[str, list[float]] = {}
+        column_latencies: dict[str, list[float]] = {}  # sort by column (> <), group (g)
         misses: dict[str, int] = {}
 
         async def settle(
-            name: str, keys: list[str], target: Callable[[], Any] | None, typing: float = 0.08
+            name: str,
+            keys: list[str],
+            target: Callable[[], Any] | None,
+            typing: float = 0.08,
+            into: dict[str, list[float]] = latencies,
+            action: Callable[[], Any] | None = None,
         ) -> None:
             await asyncio.sleep(rng.uniform(0.05, max(0.1, interval)))
             before_cursor = table.cursor
             before_render = len(renders)
             sent = 0.0
+            if action is not None:  # (not a key: what one would do)
+                sent = pc()
+                action()
             for i, key in enumerate(keys):
                 if i:
                     await asyncio.sleep(typing)
@@ -917,9 +929,31 @@ async def _ui_bench(n: int, rounds: int, tick_seconds: float, interval: float) -
                         None,
                     )
                 if hit is not None:
-                    latencies.setdefault(name, []).append(hit[0] - sent)
+                    into.setdefault(name, []).append(hit[0] - sent)
                     return
             misses[name] = misses.get(name, 0) + 1
+
+        async def column_keys() -> None:
+            # Every column's sort in turn (>, as the app steps: from the rate, the column after
+            # ORIG/s first), the rate again; every group-by in turn (g), back to none.
+            s1 = app.settings
+            sorts = [c.sort for c, _w in table.cols if c.sort]
+            at = sorts.index("orig_rate") if "orig_rate" in sorts else 0
+            for step in range(1, len(sorts) + 1):
+                sort = sorts[(at + step) % len(sorts)]
+                want = replace(s1, sort=sort, reverse=False)
+                await settle(f"sort {sort} (>)", [">"], lambda w=want: w, into=column_latencies)
+            await settle(
+                "sort rate",
+                [],
+                lambda s1=s1: s1,
+                into=column_latencies,
+                action=lambda s1=s1: app.set_sort(s1.sort),
+            )
+            for step in range(1, len(GROUP_CYCLE) + 1):
+                group = GROUP_CYCLE[step % len(GROUP_CYCLE)]
+                want = replace(s1, group=group)
+                await settle(f"group {group} (g)", ["g"], lambda w=want: w, into=column_latencies)
 
         for rnd in range(rounds):
             _log(f"  key round {rnd + 1}/{rounds}")
@@ -938,7 +972,10 @@ async def _ui_bench(n: int, rounds: int, tick_seconds: float, interval: float) -
             )
             await settle("clear filter (esc)", ["escape"], lambda s0=s0: s0)
             table.focus()
+            if rnd < COLUMN_ROUNDS:
+                await column_keys()
         out["keys"] = {name: _stat(v) for name, v in latencies.items()}
+        out["column_keys"] = {name: _stat(v) for name, v in column_latencies.items()}
         # The view computed for a key (in a view worker) and after each poll (in the poll
         # worker): how much of a key's latency is the computation itself.
         out["view_compute_s"] = {
@@ -1248,6 +1285,7 @@ COLUMNS = (
     ("RSS TUI", 9),
     ("UI tick", 12),
     ("key latency", 13),
+    ("sort/group", 12),
     ("TUI CPU-s/s", 11),
     ("iptstate", 13),
     ("others", 7),
@@ -1264,9 +1302,10 @@ def _mib(kib: int | None) -> str:
     return "-" if kib is None else f"{kib / 1024:.0f}"
 
 
-def key_summary(ui: dict[str, Any]) -> tuple[float | None, float | None]:
-    """Median and maximum over every key press of every kind."""
-    runs = [x for k in ui.get("keys", {}).values() for x in k["runs"]]
+def key_summary(ui: dict[str, Any], kind: str = "keys") -> tuple[float | None, float | None]:
+    """Median and maximum over every key press of every kind (of `kind`: "keys", or
+    "column_keys", the sorts by column and the group-bys)."""
+    runs = [x for k in ui.get(kind, {}).values() for x in k["runs"]]
     if not runs:
         return None, None
     return statistics.median(runs), max(runs)
@@ -1280,6 +1319,8 @@ def row_cells(r: dict[str, Any]) -> tuple[str, ...]:
     tick = r["ui"]["ticks"]["ui_cpu_per_tick_s"]
     kmed, kmax = key_summary(r["ui"])
     keys = "-" if kmed is None else f"{kmed * 1e3:,.0f} ({kmax * 1e3:,.0f})"
+    cmed, cmax = key_summary(r["ui"], "column_keys")
+    column_keys = "-" if cmed is None else f"{cmed * 1e3:,.0f} ({cmax * 1e3:,.0f})"
     ipt = r.get("iptstate")
     if ipt and ipt.get("cpu_s_per_s") is not None:
         ipt_cell = f"{ipt['cpu_s_per_s']:.2f} ({_mib(ipt.get('vmhwm_kib'))}M)"
@@ -1297,6 +1338,7 @@ def row_cells(r: dict[str, Any]) -> tuple[str, ...]:
         _mib(tui.get("vmhwm_kib")),
         _ms(tick, "max"),
         keys,
+        column_keys,
         "-" if cpu is None else f"{cpu:.2f}",
         ipt_cell,
         "-" if others is None else f"{others:.2f}",
@@ -1311,7 +1353,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
         lines.append("  ".join(cell.rjust(w) for cell, (_, w) in zip(cells, COLUMNS, strict=True)))
     lines.append(
         "ms: median (min) over rounds; UI tick: UI-thread CPU ms per poll, median (max); key "
-        "latency: median (max) ms over all keys;\nRSS TUI: VmHWM MiB of `cttop --netns` under a "
+        "latency: median (max) ms over all keys;\nsort/group: the same over sorts by each column "
+        "(>) and each group-by (g); RSS TUI: VmHWM MiB of `cttop --netns` under a "
         "pty; CPU-s/s: utime+stime per second over the window; iptstate: CPU-s/s (VmHWM);\n"
         "others: CPU-s/s used by processes outside this benchmark during the size; * rerun"
     )
@@ -1360,6 +1403,8 @@ def format_details(results: list[dict[str, Any]]) -> str:
             "  keys (ms, median (max)): "
             + "; ".join(f"{name} {_ms(s, 'max')}" for name, s in ui.get("keys", {}).items())
             + (f"; MISSED {ui['key_misses']}" if ui.get("key_misses") else ""),
+            "  sorts by column and group-bys (ms, median (max)): "
+            + "; ".join(f"{name} {_ms(s, 'max')}" for name, s in ui.get("column_keys", {}).items()),
         ]
         vc, vcpu = ui.get("view_compute_s") or {}, ui.get("view_compute_cpu_s") or {}
         if vc.get("key"):
@@ -1427,6 +1472,18 @@ def format_targets(results: list[dict[str, Any]]) -> str:
             f"  key -> effect < 100 ms at 250k: median {_fmt(None if kmed is None else kmed * 1e3)}"
             f" ms, max {_fmt(None if kmax is None else kmax * 1e3)} ms; keys with a median >= "
             f"100 ms: {slow or 'none'} -> {verdict(kmax is not None and kmax < 0.1)}"
+        )
+        cmed, cmax = key_summary(r["ui"], "column_keys")
+        slow = {
+            name: round(v["median"] * 1e3)
+            for name, v in r["ui"].get("column_keys", {}).items()
+            if v["median"] is not None and v["median"] >= 0.1
+        }
+        out.append(
+            f"  the same for sorts by column and group-bys: median "
+            f"{_fmt(None if cmed is None else cmed * 1e3)} ms, max "
+            f"{_fmt(None if cmax is None else cmax * 1e3)} ms; with a median >= 100 ms: "
+            f"{slow or 'none'} -> {verdict(cmax is not None and cmax < 0.1)}"
         )
         small = _quietest(results, min(x["n"] for x in results))
         tick = r["ui"]["ticks"]["ui_cpu_per_tick_s"]["median"]
