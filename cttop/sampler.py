@@ -112,7 +112,8 @@ class FlowRows(Sequence[FlowRow]):
 
     @classmethod
     def in_order(cls, base: FlowRows, order: list[int]) -> FlowRows:
-        """Rows i of `base`, for i in `order` (which the rows then hold: not to be changed)."""
+        """Rows i of `base`, for i in `order` (held, not copied: not to be changed). Of rows
+        that are themselves rows by index, the rows of theirs, in the composed order."""
         inner = base._order
         if inner is not None:  # (rows of rows by index: of the first rows, composed)
             assert base._base is not None
@@ -161,31 +162,36 @@ class FlowRows(Sequence[FlowRow]):
         return self._base.flows[i], self._base.rates[i]
 
     def index_of(self, flow: Flow) -> int | None:
-        """The row of this very Flow object, or None (see `index_of`)."""
+        """The row of this very Flow object, or None (see `index_of`): for rows by index,
+        found among the rows they are rows of (no flow read), then in the order."""
         order = self._order
-        if order is None or self._flows is not None:
+        if order is None:
             return index_of(self.flows, flow)
         assert self._base is not None
-        return self.row_of(index_of(self._base.flows, flow))
-
-    def source(self) -> list[Flow]:
-        """The flows to search for a row (see `row_of`): its own, or those it is rows of."""
-        return self.flows if self._base is None else self._base.flows
-
-    def row_of(self, i: int | None) -> int | None:
-        """The row of source()[i], or None when it is not among the rows."""
-        if i is None or self._order is None:
-            return i
+        at = index_of(self._base.flows, flow)
+        if at is None:
+            return None
         try:
-            return self._order.index(i)
-        except ValueError:
+            return order.index(at)
+        except ValueError:  # not among these rows
             return None
 
+    def each_flow(self) -> Iterator[Flow]:
+        """The flows in row order, read as the iterator goes (no list made or kept)."""
+        if self._order is None:
+            return iter(self.flows)
+        assert self._base is not None
+        return map(self._base.flows.__getitem__, self._order)
+
     def parts(self) -> list[list[Any]]:
-        """The lists it holds of its own (for a front end that frees them gradually): not
-        those of the rows it is rows of."""
-        own = [self._order, self._flows, self._rates]
-        return [part for part in own if part is not None]
+        """The lists it holds of its own (for a front end that frees them gradually). Of rows
+        by index, the order alone: lists made later from it (`flows`, `rates`) may be made
+        on another thread while the parts are being collected, and hold nothing that the
+        rows they are rows of do not."""
+        if self._order is not None:
+            return [self._order]
+        assert self._flows is not None and self._rates is not None
+        return [self._flows, self._rates]
 
     def __len__(self) -> int:
         return len(self.flows if self._order is None else self._order)

@@ -15,7 +15,7 @@ from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import compress, count, repeat
-from operator import add, and_, attrgetter, eq, is_, is_not, itemgetter, le, mul, ne, not_, or_
+from operator import add, and_, attrgetter, eq, is_, is_not, itemgetter, le, lt, mul, ne, not_, or_
 from typing import Any, NamedTuple, overload
 
 from cttop.conntrack.const import (
@@ -45,6 +45,7 @@ __all__ = [
     "FilterError",
     "GroupError",
     "GroupRow",
+    "GroupRows",
     "Predicate",
     "SortError",
     "SortKey",
@@ -1080,14 +1081,21 @@ def sort_flows(
     return _sorted(FlowRows.of(rows), sort, reverse, limit)
 
 
-def _sorted(table: FlowRows, sort: str, reverse: bool, limit: int | None = None) -> FlowRows:
+def _sorted(
+    table: FlowRows,
+    sort: str,
+    reverse: bool,
+    limit: int | None = None,
+    values: list[Any] | None = None,
+) -> FlowRows:
     """`sort_flows`: `table`'s rows by index (see FlowRows.in_order), in an order made of the
-    shared ints of `_indices`."""
+    shared ints of `_indices`. `values`: the sort's column, when already made."""
     spec = _sort_key(sort)
     flows, rates = table.flows, table.rates
     column = _FLOW_COLUMNS[spec.name]
     descending = spec.descending != reverse
-    values = column(flows, rates)
+    if values is None:
+        values = column(flows, rates)
     index = _indices(len(flows))
     order = _by_rate(values, descending, index) if column in _RATE_VALUES else None
     if order is None:
@@ -1419,6 +1427,9 @@ class _Groups:
 
 # Groups whose counters are summed together when one of them is read (a screenful and more).
 _GROUP_BLOCK = 256
+# Groups of more flows than this are summed with the first block (a block holding one would be
+# a long pass on the thread that shows it).
+_BIG_GROUP = 4096
 
 
 class GroupRows(Sequence[GroupRow]):
@@ -1449,13 +1460,16 @@ class GroupRows(Sequence[GroupRow]):
         g = order[index]
         if not self.groups.summed[g]:
             at = index % len(order)
-            self.groups.sum_counters(order[at - at % _GROUP_BLOCK :][:_GROUP_BLOCK])
+            start = at - at % _GROUP_BLOCK
+            self.groups.sum_counters(order[start : start + _GROUP_BLOCK])
         return self.groups.row(g)
 
     def prepare(self) -> None:
-        """Sum the counters of the first block now (in the worker making the view, not on
-        the thread that shows it)."""
-        self.groups.sum_counters(self.order[:_GROUP_BLOCK])
+        """Sum now (in the worker making the view, not on the thread that shows it) the
+        counters of the first block and of the groups of many flows, wherever they are."""
+        sizes = self.groups.count
+        big = compress(count(), map(lt, repeat(_BIG_GROUP), sizes))
+        self.groups.sum_counters([*self.order[:_GROUP_BLOCK], *big])
 
     def __iter__(self) -> Iterator[GroupRow]:
         self.groups.sum_counters(self.order)
@@ -1609,22 +1623,22 @@ def _rate_run_starts(
 
 
 def _the_other_way(
-    table: FlowRows, ordered: FlowRows, order: list[int], column: _Column
+    table: FlowRows, order: list[int], column: _Column, values: list[Any] | None
 ) -> FlowRows | None:
-    """`table`'s rows stably sorted by `column` one way (`ordered`, by the indices `order`),
-    stably sorted the other way: the runs of equal values in reverse order, each run as it
-    was (in a stable sort, in the input's order), the rows without a value still last. Far
-    cheaper than sorting again when runs are long (a big table's idle flows all rate 0);
-    None when they are mostly short (ids, ports of a busy table): sorting again is then."""
+    """`table`'s rows stably sorted by `column` one way (by the indices `order`), stably
+    sorted the other way: the runs of equal values in reverse order, each run as it was (in
+    a stable sort, in the input's order), the rows without a value still last. Far cheaper
+    than sorting again when runs are long (a big table's idle flows all rate 0); None when
+    they are mostly short (ids, the ports of a busy table), where sorting again is cheaper.
+    `values`: the column of `table` (in its order), for all but the rate columns."""
     value = _RATE_VALUES.get(column)
     if value is not None:
-        rates = ordered.rates
+        rates = permuted(table.rates, order)
         present = bisect_left(rates, True, key=_is_none)  # the rows without a rate are last
         starts = _rate_run_starts(rates, present, value)
     else:
-        # The table's column (from the store, when this thread has one), put in order in C:
-        # no flow read.
-        values = permuted(column(table.flows, table.rates), order)
+        assert values is not None
+        values = permuted(values, order)  # (in C: no flow read)
         present = len(values) - values.count(None)
         starts = _run_starts(values[:present], 0) or [0]
         if len(starts) > max(_SHORT_RUNS, present // _SHORT_RUNS):
@@ -1660,7 +1674,7 @@ _SHARED = "shared"
 
 def memo_parts(memo: dict[Any, Any]) -> list[list[Any]]:
     """The big lists a memo of `apply` holds (for a front end that frees them gradually),
-    the order its shared totals read included (it may have left the memo since)."""
+    the rows its shared totals read included."""
     parts: list[list[Any]] = []
     for key, entry in list(memo.items()):
         if key == _SHARED:
@@ -1833,6 +1847,8 @@ def apply(
         raise ViewError(f"limit must not be negative, got {limit}")
     pred = parse_filter(filter) if isinstance(filter, str) else filter
     table = FlowRows.of(rows)
+    if table.order is not None:  # (rows by index: the orders below index lists of their own)
+        table = FlowRows(table.flows, table.rates)
     if pred is _match_all:
         pred = None
     if mode != "none" and memo is not None:
@@ -1866,8 +1882,10 @@ def apply(
             other = memo.get((sort, not reverse))
             column = _FLOW_COLUMNS[_sort_key(sort).name]
             with _columns_of(shared["columns"], stop):
-                turned = other and _the_other_way(table, other, other.order, column)
-                made = turned or _sorted(table, sort, reverse)
+                values = None if column in _RATE_VALUES else column(table.flows, table.rates)
+                made = None if other is None else _the_other_way(table, other.order, column, values)
+                if made is None:
+                    made = _sorted(table, sort, reverse, values=values)
             with _MEMO_LOCK:
                 orders = [key for key in memo if key != _SHARED]
                 if len(orders) >= _MEMO_ORDERS:

@@ -547,10 +547,14 @@ def test_a_rate_sort_with_a_nan_sorts_as_before() -> None:
         min_size=1,
         max_size=6,
     ),
+    st.booleans(),
 )
-def test_views_through_a_memo_are_the_views(rows, views):
+def test_views_through_a_memo_are_the_views(rows, views, by_index):
     """A memo kept with the rows (the TUI keeps one per sample) changes no view: same rows,
-    same order, same totals, whatever was asked before."""
+    same order, same totals, whatever was asked before; also of rows that are other rows by
+    index (a view's)."""
+    if by_index:
+        rows = sort_flows(rows, "id", reverse=True)
     memo: dict[Any, Any] = {}
     for expr, key, reverse, limit, group in views:
         kw = {"filter": expr, "sort": key, "reverse": reverse, "limit": limit, "group": group}
@@ -678,7 +682,7 @@ def test_sort_twice_is_the_same(rows, key, reverse):
 def test_rows_by_index_are_the_rows_they_stand_for(n, data):
     """FlowRows.in_order(base, order) reads as the lists it stands for through every
     accessor, also when it is itself taken in an order (composed), and makes no list of its
-    own until `flows` or `rates` is read."""
+    own until `flows` or `rates` is read (and then none among its parts)."""
     flows = [object() for _ in range(n)]  # distinct: identity searches tell them apart
     rates = [Rate(float(i), 0.0, 0.0, 0.0) if i % 3 else None for i in range(n)]
     base = FlowRows(flows, rates)  # type: ignore[arg-type]
@@ -693,18 +697,18 @@ def test_rows_by_index_are_the_rows_they_stand_for(n, data):
     assert [rows.at(i) for i in range(len(rows))] == list(zip(want.flows, want.rates, strict=True))
     assert [rows[i] for i in range(-len(rows), len(rows))] == list(want) + list(want)
     for i, f in enumerate(flows):
-        at = want.flows.index(f) if i in order else None
-        assert rows.index_of(f) == at  # type: ignore[arg-type]
-        assert rows.row_of(rows.source().index(f)) == at
+        assert rows.index_of(f) == (want.flows.index(f) if i in order else None)  # type: ignore[arg-type]
+    assert list(rows.each_flow()) == want.flows
     start, stop = data.draw(st.integers(-3, n + 3)), data.draw(st.integers(-3, n + 3))
     assert rows[start:stop] == want[start:stop]
     inner = data.draw(some(len(order)))
     nested = FlowRows.in_order(rows, inner)
-    assert nested.order == [order[i] for i in inner] and nested.source() is flows
+    assert nested.order == [order[i] for i in inner]
     assert nested == FlowRows.in_order(want, inner) == FlowRows.of([want[i] for i in inner])
-    assert rows.parts() == [order]  # no list of its own made yet
+    assert rows.parts() == [order]
     assert rows == want
-    assert rows.parts() == [order, want.flows, want.rates]
+    assert rows.parts() == [order] and rows.flows == want.flows
+    assert FlowRows.in_order(rows, list(range(len(rows)))) == want
 
 
 # --- view totals and group-by -----------------------------------------------------------------

@@ -46,6 +46,7 @@ from cttop.view import (
     SORT_KEYS,
     FilterError,
     GroupRow,
+    GroupRows,
     Predicate,
     ViewAbandoned,
     ViewResult,
@@ -182,14 +183,14 @@ def _find(result: ViewResult, key: Any, row: Any = None, same: bool = False) -> 
             at = rows.index_of(row)
             if at is not None or same:
                 return at
-        # By id first, at C speed (a big table: 250k Flow.key calls are 75 ms), and lazily:
-        # the selected flow is mostly near the top, and the search stops there. The id is a
-        # 32-bit hash, so the rest of the key is checked before it counts.
+        # By id first, at C speed (a big table: 250k Flow.key calls are 75 ms), and lazily, in
+        # row order: the selected flow is mostly near the top, and the search stops there.
+        # The id is a 32-bit hash, so the rest of the key is checked before it counts.
         zone, orig, flow_id = key
-        flows = rows.source()
-        for i in compress(count(), map(eq, map(_flow_id, flows), repeat(flow_id))):
-            if flows[i].orig == orig and flows[i].zone == zone:
-                return rows.row_of(i)
+        for i in compress(count(), map(eq, map(_flow_id, rows.each_flow()), repeat(flow_id))):
+            flow = rows.at(i)[0]
+            if flow.orig == orig and flow.zone == zone:
+                return i
         return None
     if not isinstance(key, tuple) or len(key) != 2 or key[0] != rows.groups.mode:
         return None  # a flow's key, or another grouping's
@@ -446,6 +447,8 @@ class CttopApp(App[int]):
             # need to look through them (a pass over 50k flows is ~10 ms of cache misses).
             if not (same and isinstance(followed.row, Flow) and pred and not pred(followed.row)):
                 cursor = _find(result, *followed[:2], same=same)
+        if cursor is not None and isinstance(result.rows, GroupRows):
+            result.rows[cursor]  # (its block's counters summed here, not on the UI thread)
         return Shown(sample, settings, result, cursor, followed)
 
     def _poll_done(self, shown: Shown, took: float) -> None:
@@ -970,7 +973,7 @@ class CttopApp(App[int]):
     def _confirm_delete_matching(self, shown: Shown, delete: Callable[[Flow], bool]) -> None:
         rows = shown.result.rows
         assert isinstance(rows, FlowRows)
-        flows = list(rows.flows)  # the dialog's own copy: then the sample may be freed
+        flows = list(rows.each_flow())  # the dialog's own copy: then the sample may be freed
         self._pinned = None
         what = shown.settings.describe()
         if what:
