@@ -1353,10 +1353,10 @@ class _Groups:
                     rp_s[g] += rp
                 else:
                     rp_m[g] = rp_m.get(g, 0) + 1
-            count = self.count
+            sizes = self.count
             for out, missing in zip(outs, (ob_m, rb_m, op_m, rp_m), strict=True):
                 for g, k in missing.items():
-                    if k == count[g]:
+                    if k == sizes[g]:
                         out[g] = None
             for g in want:
                 summed[g] = 1

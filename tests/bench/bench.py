@@ -1462,29 +1462,21 @@ def format_targets(results: list[dict[str, Any]]) -> str:
             f"  TUI RSS at 250k <= 150 MiB: VmHWM {_mib(hwm)} MiB -> "
             f"{verdict(None if hwm is None else hwm <= 150 * 1024)}"
         )
-        kmed, kmax = key_summary(r["ui"])
-        slow = {
-            name: round(v["median"] * 1e3)
-            for name, v in r["ui"].get("keys", {}).items()
-            if v["median"] is not None and v["median"] >= 0.1
-        }
-        out.append(
-            f"  key -> effect < 100 ms at 250k: median {_fmt(None if kmed is None else kmed * 1e3)}"
-            f" ms, max {_fmt(None if kmax is None else kmax * 1e3)} ms; keys with a median >= "
-            f"100 ms: {slow or 'none'} -> {verdict(kmax is not None and kmax < 0.1)}"
-        )
-        cmed, cmax = key_summary(r["ui"], "column_keys")
-        slow = {
-            name: round(v["median"] * 1e3)
-            for name, v in r["ui"].get("column_keys", {}).items()
-            if v["median"] is not None and v["median"] >= 0.1
-        }
-        out.append(
-            f"  the same for sorts by column and group-bys: median "
-            f"{_fmt(None if cmed is None else cmed * 1e3)} ms, max "
-            f"{_fmt(None if cmax is None else cmax * 1e3)} ms; with a median >= 100 ms: "
-            f"{slow or 'none'} -> {verdict(cmax is not None and cmax < 0.1)}"
-        )
+        for kind, label in (
+            ("keys", "key -> effect < 100 ms at 250k"),
+            ("column_keys", "the same for sorts by column and group-bys"),
+        ):
+            kmed, kmax = key_summary(r["ui"], kind)
+            slow = {
+                name: round(v["median"] * 1e3)
+                for name, v in r["ui"].get(kind, {}).items()
+                if v["median"] is not None and v["median"] >= 0.1
+            }
+            out.append(
+                f"  {label}: median {_fmt(None if kmed is None else kmed * 1e3)} ms, max "
+                f"{_fmt(None if kmax is None else kmax * 1e3)} ms; with a median >= 100 ms: "
+                f"{slow or 'none'} -> {verdict(kmax is not None and kmax < 0.1)}"
+            )
         small = _quietest(results, min(x["n"] for x in results))
         tick = r["ui"]["ticks"]["ui_cpu_per_tick_s"]["median"]
         if small is not None and small is not r and tick is not None:
