@@ -27,6 +27,7 @@ from cttop.view import (
     FilterError,
     GroupError,
     GroupRow,
+    GroupRows,
     SortError,
     ViewError,
     apply,
@@ -530,6 +531,28 @@ def test_apply_groups():
     assert result.matched == 1
     assert result.totals.flows == 4
     assert result.totals.rate == Rate(60.0, 90.0, 2.0, 2.0)
+
+
+def test_group_rows_sum_the_shown_groups_and_the_big_ones_first(monkeypatch):
+    """A group view sums the counters of its first block of rows and of the groups of many
+    flows (not on the thread that shows it); the others when a row of their block is read;
+    a group is found by its key, and not when a limit cut it."""
+    import cttop.view as view_module
+
+    monkeypatch.setattr(view_module, "_GROUP_BLOCK", 1)
+    monkeypatch.setattr(view_module, "_BIG_GROUP", 1)
+    result = apply(GROUPABLE, group="dport", sort="flows", reverse=True, memo={})
+    rows = result.rows
+    assert isinstance(rows, GroupRows)
+    sizes = {g.key: g.flows for g in group_rows(GROUPABLE, "dport")}
+    summed = [rows.groups.summed[g] for g in rows.order]
+    assert summed == [1] + [1 if sizes[rows.groups.keys[g]] > 1 else 0 for g in rows.order[1:]]
+    assert 0 in summed  # (some group of one flow left for later)
+    assert list(rows) == group_rows(GROUPABLE, "dport", "flows", reverse=True)
+    assert all(rows.groups.summed)
+    last = rows[-1]
+    assert rows.find(last.key) == len(rows) - 1
+    assert rows[:1].find(last.key) is None and rows.find("no such key") is None
 
 
 def test_a_memo_reads_each_column_once_for_the_filters_typed_after_each_other(monkeypatch):
