@@ -1019,9 +1019,10 @@ def _c_proto(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
 
 
 def _c_state(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
-    pairs = _column(_proto_and_state, flows)
-    names = {p: state_name(*p) for p in _distinct(_proto_and_state, flows, pairs)}
-    return list(map(names.__getitem__, pairs))
+    codes, name = _state_codes(flows)[:2]
+    assert name is not None
+    names = {code: name(code) for code in set(codes)}
+    return list(map(names.__getitem__, codes))
 
 
 def _c_attr(get: Callable[[Flow], Any]) -> _Column:
@@ -1201,6 +1202,19 @@ def _paired(high: list[int], low: list[int], width: int) -> list[int]:
     return list(map(add, map(mul, high, repeat(width)), low))
 
 
+def _state_codes(flows: list[Flow]) -> _Codes:
+    """Each flow's protocol and state as one int, and a code's state name (a column of
+    (protocol, state) tuples is 250k tuples made, and hashed)."""
+    states = _numbered(_state, flows)
+    width = len(states.values)
+
+    def name(code: int) -> str | None:
+        protonum, at = divmod(code, width)
+        return state_name(protonum, states.values[at])
+
+    return _Codes(_paired(_column(_protonum, flows), states.codes, width), name)
+
+
 def _group_codes(flows: list[Flow], mode: str) -> _Codes:
     """The group code of each flow, from columns: the store's when this thread has one for
     these flows (the identity columns are carried from the last sample: see _inherit)."""
@@ -1230,13 +1244,7 @@ def _group_codes(flows: list[Flow], mode: str) -> _Codes:
     if mode == "proto":
         return _Codes(protos)
     if mode == "state":
-        states = _numbered(_state, flows)
-
-        def state(code: int) -> str | None:
-            protonum, at = divmod(code, len(states.values))
-            return state_name(protonum, states.values[at])
-
-        return _Codes(_paired(protos, states.codes, len(states.values)), state)
+        return _state_codes(flows)
     if mode == "mark":
         return _Codes(_column(_mark, flows))
     return _Codes(_column(_zone, flows))
