@@ -1277,7 +1277,7 @@ def _not_the_same(
     at = 0
     for i in range(0, len(runs), 3):
         start, was, length = runs[i], runs[i + 1], runs[i + 2]
-        if start < at or start + length > len(flows) or was + length > len(old):
+        if length < 0 or start < at or start + length > len(flows) or was + length > len(old):
             return None
         new_rows += range(at, start)
         moved = list(map(is_not, flows[start : start + length], old[was : was + length]))
@@ -1421,8 +1421,13 @@ class _Groups:
         if 0 in old.summed:
             return
         flows, old_flows = self.flows, old.flows
+        most = len(flows) * _CARRIED_SUMS_SHARE
+        if len(self.keys) > most:  # (many small groups: a pass over them costs more)
+            return
         changed = _not_the_same(flows, old_flows, carry.runs)
-        if changed is None:
+        # Much of the table changed (a busy table, a dump walked in another order): summing
+        # the flows themselves is cheaper than taking out and putting back that many.
+        if changed is None or len(changed[0]) + len(changed[1]) > most:
             return
         place = dict(zip(self.keys, count()))
         to_new = [place.get(key) for key in old.keys]
@@ -1536,6 +1541,9 @@ class _Groups:
 
 # Groups whose counters are summed together when one of them is read (a screenful and more).
 _GROUP_BLOCK = 256
+# Group sums are carried from the last sample's (see _Groups.carry_counters) while the groups,
+# and the rows to take out and put back, are at most this share of the flows.
+_CARRIED_SUMS_SHARE = 1 / 8
 # Groups of more flows than this are summed with the first block (a block holding one would be
 # a long pass on the thread that shows it).
 _BIG_GROUP = 4096
