@@ -1019,10 +1019,10 @@ def _c_proto(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
 
 
 def _c_state(flows: list[Flow], rates: list[Rate | None]) -> list[Any]:
-    codes, name = _state_codes(flows)[:2]
-    assert name is not None
-    names = {code: name(code) for code in set(codes)}
-    return list(map(names.__getitem__, codes))
+    state = _state_codes(flows)
+    assert state.key_of is not None
+    names = {code: state.key_of(code) for code in set(state.codes)}
+    return list(map(names.__getitem__, state.codes))
 
 
 def _c_attr(get: Callable[[Flow], Any]) -> _Column:
@@ -1296,6 +1296,35 @@ def _not_the_same(
     return new_rows, old_rows
 
 
+def _add_counters(
+    sums: tuple[list[Any], ...],
+    missing: tuple[dict[int, int], ...],
+    groups: Iterable[int],
+    flows: Iterable[Flow],
+) -> None:
+    """Add each flow's four counters (orig and reply bytes, orig and reply packets) to its
+    group's in `sums`, or, for a counter it lacks, count it in that counter's `missing`."""
+    ob_s, rb_s, op_s, rp_s = sums
+    ob_m, rb_m, op_m, rp_m = missing
+    for g, (ob, rb, op, rp) in zip(groups, map(_COUNTERS, flows), strict=True):
+        if ob is not None:
+            ob_s[g] += ob
+        else:
+            ob_m[g] = ob_m.get(g, 0) + 1
+        if rb is not None:
+            rb_s[g] += rb
+        else:
+            rb_m[g] = rb_m.get(g, 0) + 1
+        if op is not None:
+            op_s[g] += op
+        else:
+            op_m[g] = op_m.get(g, 0) + 1
+        if rp is not None:
+            rp_s[g] += rp
+        else:
+            rp_m[g] = rp_m.get(g, 0) + 1
+
+
 class _Groups:
     """Flows aggregated by a group key, as flat per-group columns.
 
@@ -1368,38 +1397,16 @@ class _Groups:
                 mask = list(map(want.__contains__, self.group_of))
                 groups_of, members = compress(groups_of, mask), compress(members, mask)
             outs = (self.orig_bytes, self.reply_bytes, self.orig_packets, self.reply_packets)
-            ob_s, rb_s, op_s, rp_s = outs
             for out in outs:
                 for g in want:
                     out[g] = 0
             # Flows without the counter, per group: a group of only those sums to None.
-            ob_m: dict[int, int] = {}
-            rb_m: dict[int, int] = {}
-            op_m: dict[int, int] = {}
-            rp_m: dict[int, int] = {}
-            for g, (ob, rb, op, rp) in zip(groups_of, map(_COUNTERS, members), strict=True):
-                if ob is not None:
-                    ob_s[g] += ob
-                else:
-                    ob_m[g] = ob_m.get(g, 0) + 1
-                if rb is not None:
-                    rb_s[g] += rb
-                else:
-                    rb_m[g] = rb_m.get(g, 0) + 1
-                if op is not None:
-                    op_s[g] += op
-                else:
-                    op_m[g] = op_m.get(g, 0) + 1
-                if rp is not None:
-                    rp_s[g] += rp
-                else:
-                    rp_m[g] = rp_m.get(g, 0) + 1
+            missing: tuple[dict[int, int], ...] = ({}, {}, {}, {})
+            _add_counters(outs, missing, groups_of, members)
             sizes = self.count
-            for out, missing, kept in zip(
-                outs, (ob_m, rb_m, op_m, rp_m), self.missing, strict=True
-            ):
-                kept.update(missing)
-                for g, k in missing.items():
+            for out, lacking, kept in zip(outs, missing, self.missing, strict=True):
+                kept.update(lacking)
+                for g, k in lacking.items():
                     if k == sizes[g]:
                         out[g] = None
             for g in want:
@@ -1429,50 +1436,39 @@ class _Groups:
         # the flows themselves is cheaper than taking out and putting back that many.
         if changed is None or len(changed[0]) + len(changed[1]) > most:
             return
-        place = dict(zip(self.keys, count()))
-        to_new = [place.get(key) for key in old.keys]
         n = len(self.keys)
-        s0, s1, s2, s3 = sums = [[0] * n for _ in range(4)]
-        p0, p1, p2, p3 = present = [[0] * n for _ in range(4)]
+        # Each last group's new place; n for a group no flow of which is left (no row of the
+        # last sample that is in it is the same object now, so all of them are taken off).
+        place = dict(zip(self.keys, count()))
+        to_new = [place.get(key, n) for key in old.keys]
+        # The last sums and flows without each counter, by the new groups, ...
+        sums = tuple([0] * (n + 1) for _ in range(4))
+        missing: tuple[dict[int, int], ...] = ({}, {}, {}, {})
         old_outs = (old.orig_bytes, old.reply_bytes, old.orig_packets, old.reply_packets)
         for og, g in enumerate(to_new):
-            if g is not None:
-                for k in range(4):
-                    value = old_outs[k][og]
-                    sums[k][g] = 0 if value is None else value
-                    present[k][g] = old.count[og] - old.missing[k].get(og, 0)
-
-        def count_in(g: int, flow: Flow, sign: int) -> None:
-            ob, rb, op, rp = _COUNTERS(flow)
-            if ob is not None:
-                s0[g] += sign * ob
-                p0[g] += sign
-            if rb is not None:
-                s1[g] += sign * rb
-                p1[g] += sign
-            if op is not None:
-                s2[g] += sign * op
-                p2[g] += sign
-            if rp is not None:
-                s3[g] += sign * rp
-                p3[g] += sign
-
-        new_rows, old_rows = changed
-        old_group_of = old.group_of
-        for i in old_rows:
-            g = to_new[old_group_of[i]]
-            if g is not None:  # (else no flow of its group is left)
-                count_in(g, old_flows[i], -1)
-        group_of = self.group_of
-        for i in new_rows:
-            count_in(group_of[i], flows[i], 1)
+            for k in range(4):
+                value = old_outs[k][og]
+                sums[k][g] = 0 if value is None else value
+                if og in old.missing[k]:
+                    missing[k][g] = old.missing[k][og]
+        # ... the rows that came in added, and those that went out taken off.
+        came, went = changed
+        groups_came = map(self.group_of.__getitem__, came)
+        _add_counters(sums, missing, groups_came, map(flows.__getitem__, came))
+        off = tuple([0] * (n + 1) for _ in range(4))
+        off_missing: tuple[dict[int, int], ...] = ({}, {}, {}, {})
+        groups_went = map(to_new.__getitem__, map(old.group_of.__getitem__, went))
+        _add_counters(off, off_missing, groups_went, map(old_flows.__getitem__, went))
         with self._lock:
             outs = (self.orig_bytes, self.reply_bytes, self.orig_packets, self.reply_packets)
-            for out, total, have, missing in zip(outs, sums, present, self.missing, strict=True):
-                out[:] = [t if h else None for t, h in zip(total, have, strict=True)]
-                missing.clear()
-                sizes = zip(self.count, have, strict=True)
-                missing.update((g, size - h) for g, (size, h) in enumerate(sizes) if size > h)
+            parts = zip(outs, sums, off, missing, off_missing, self.missing, strict=True)
+            for out, total, taken, lacking, lacking_taken, kept in parts:
+                kept.clear()
+                for g in range(n):
+                    k = lacking.get(g, 0) - lacking_taken.get(g, 0)
+                    if k:
+                        kept[g] = k
+                    out[g] = None if k == self.count[g] else total[g] - taken[g]
             self.summed[:] = bytes([1]) * n
 
     def row(self, g: int) -> GroupRow:
@@ -1674,7 +1670,7 @@ class ViewTotals:
 
     def _counter(self, name: str) -> int | None:
         if name not in self._counters:
-            values = list(map(attrgetter(name), self.rows.flows))
+            values = list(map(attrgetter(name), self.rows.each_flow()))
             present = len(values) - values.count(None)
             self._counters[name] = sum(filter(None, values)) if present else None
         return self._counters[name]
@@ -1930,6 +1926,12 @@ def _shared(memo: dict[Any, Any], table: FlowRows, carry: Carry | None) -> dict[
     return shared
 
 
+def _unfiltered_totals(shared: dict[Any, Any], table: FlowRows) -> ViewTotals:
+    """The totals of all of `table`, made once for the memo's views (see `_shared`)."""
+    totals: ViewTotals | None = shared.get("totals")
+    return totals or shared.setdefault("totals", ViewTotals(table))
+
+
 def apply(
     rows: Iterable[FlowRow],
     *,
@@ -1970,7 +1972,7 @@ def apply(
         pred = None
     if mode != "none" and memo is not None:
         shared = _shared(memo, table, carry)
-        groups: _Groups | None = None if pred else shared.get(("group", mode))
+        groups: _Groups | None = None if pred is not None else shared.get(("group", mode))
         if groups is None:
             flows, rates = table.flows, table.rates
             with _columns_of(shared["columns"], stop):
@@ -1981,15 +1983,15 @@ def apply(
                     flows, rates = list(compress(flows, keep)), list(compress(rates, keep))
             _check(stop)
             groups = _Groups(flows, rates, codes, mode)
-            if pred is None and carry is not None:
-                groups.carry_counters(carry)
             if pred is None:
+                if carry is not None:
+                    groups.carry_counters(carry)
                 with _MEMO_LOCK:
                     groups = shared.setdefault(("group", mode), groups)
         if pred is not None:
             totals = ViewTotals(FlowRows(groups.flows, groups.rates))
         else:
-            totals = shared.get("totals") or shared.setdefault("totals", ViewTotals(table))
+            totals = _unfiltered_totals(shared, table)
         rows_out = _grouped(groups, sort, reverse, limit)
         rows_out.prepare()
         return ViewResult(rows_out, totals, len(groups), len(table))
@@ -2013,11 +2015,7 @@ def apply(
         rows = ordered
         if pred is not None:
             rows = _filtered_in_order(pred, table, ordered, shared["columns"], stop)
-        if rows is ordered:
-            known_totals: ViewTotals | None = shared.get("totals")
-            totals = known_totals or shared.setdefault("totals", ViewTotals(table))
-        else:
-            totals = ViewTotals(rows)
+        totals = _unfiltered_totals(shared, table) if rows is ordered else ViewTotals(rows)
         return ViewResult(rows if limit is None else rows[:limit], totals, len(rows), len(table))
     flows, rates = table.flows, table.rates
     if pred is not None:
