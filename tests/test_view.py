@@ -349,6 +349,16 @@ def test_sort_by_address(key, reverse, expected):
     assert ids(sort_flows(ADDRESSES, key, reverse)) == expected
 
 
+def test_text_that_is_no_address_sorts_after_the_addresses_as_equals() -> None:
+    """(A recording could hold anything.) Such texts all sort as one value after every
+    address, so they keep the table's order between them, either way."""
+    rows = FlowRows.of(
+        [_row(0, src="zz"), _row(1, src=None), _row(2, src="aa"), _row(3, src="::2")]
+    )
+    assert ids(sort_flows(rows, "src")) == [3, 0, 2, 1]
+    assert ids(sort_flows(rows, "src", reverse=True)) == [0, 2, 3, 1]
+
+
 FIELDS = FlowRows.of(
     [
         _row(0, sport=5, dport=80, expires=10, mark=3, zone=1, start=300, state=3),
