@@ -11,7 +11,7 @@ import socket
 import struct
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from cttop.conntrack import const as c
@@ -409,7 +409,9 @@ def _compile_region(region: bytes) -> object | None:
     if unpacker.size != len(region):
         return None
     tuples = [
-        "new(Tuple, (" + ", ".join(fields[d].get(n, "None") for n in _TUPLE_FIELDS) + "))"
+        "new(Tuple, ("
+        + ", ".join(_record((fields[d].get(n, "None") for n in _TUPLE_FIELDS), Tuple._short))
+        + "))"
         for d in (0, 1)
     ]
     got = "".join(f"v[{i}], " for i, _ in b.headers)
@@ -431,6 +433,14 @@ def _compile_region(region: bytes) -> object | None:
     # Generated from our own struct layout above; no outside text reaches it.
     exec(src, env)
     return env["run"]
+
+
+def _record(items: Iterable[str], short: int) -> list[str]:
+    """The expressions of a record's fields, without its optional last ones (from `short`)
+    when the layout has none of them (`None` for each): the one form of such a record (see
+    `cttop.conntrack.model._Record`). A field the layout has is never None."""
+    items = list(items)
+    return items[:short] if all(item == "None" for item in items[short:]) else items
 
 
 def _shared(item: str) -> str:
@@ -633,7 +643,7 @@ def _compile_shape(
     if unpacker.size != end - off:
         return None
     f = b.fields
-    flow_fields = (
+    flow_fields: tuple[str, ...] = (
         "family",
         "t[2]",
         "t[0]",
@@ -655,6 +665,7 @@ def _compile_shape(
         f.get("helper", "None"),
         f.get("secctx", "None"),
     )
+    flow_fields = tuple(_record(flow_fields, Flow._short))
     got = "".join(f"v[{i}], " for i, _ in b.headers)
     want = tuple(w for _, w in b.headers)
     size = end - off
@@ -705,7 +716,7 @@ def _compile_shape(
         values[_EXPIRES] = "e"
         same.insert(0, f"-SAME < h[{_EXPIRES}] - e < SAME")
     if same:
-        names = [f"f{i}" for i in range(len(Flow._fields))]
+        names = [f"f{i}" for i in range(len(flow_fields))]
         fresh = ", ".join(values.get(i, name) for i, name in enumerate(names))
         hit += (
             f"        if {' and '.join(same)}:\n{_known(' ' * 12)}"

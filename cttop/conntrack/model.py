@@ -1,14 +1,16 @@
 """The conntrack data model: `Tuple`, `Flow` and the flow identity `FlowKey`.
 
-Plain immutable records (NamedTuple: cheap to build on the hot path, hashable, slotted).
-Every value the kernel may omit is `None` when absent — never 0 — except the zone, whose
-absence on the wire *means* the default zone 0.
+Plain immutable records (tuples: cheap to build on the hot path, hashable, slotted; see
+`_Record`). Every value the kernel may omit is `None` when absent — never 0 — except the
+zone, whose absence on the wire *means* the default zone 0.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Protocol
+from collections.abc import Iterable
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from cttop.conntrack.const import (
     FAMILY_NAMES,
@@ -22,18 +24,99 @@ from cttop.conntrack.const import (
     status_names,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
-class Tuple(NamedTuple):
+try:  # the C descriptor a NamedTuple's fields read through
+    from _collections import _tuplegetter  # type: ignore[import-not-found]
+except ImportError:  # (another Python)
+
+    def _tuplegetter(index: int, doc: str | None) -> Any:
+        return property(itemgetter(index), doc=doc)
+
+
+class _Record(tuple):  # type: ignore[type-arg]
+    """An immutable record whose last fields are left out when all of them are absent.
+
+    A NamedTuple of every field would cost 8 bytes a field, in every object: at 250k flows,
+    each with two tuples, the rare fields (ICMP ids, a tuple's zone, timestamps, labels,
+    helper, security context) were ~22 MiB of Nones. Here a record holds only its first
+    `_short` fields while the rest are all None (the one form of such a record: the
+    constructor and the decoder both make it so), and those read as None. Fields read like a
+    NamedTuple's (the first ones through the same C descriptors), and `_fields`,
+    `_replace` and `_asdict` behave as theirs do.
+    """
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+    _short = 0
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        for index, name in enumerate(cls._fields):
+            setattr(cls, name, _field(index, index >= cls._short))
+
+    def _full(self) -> tuple[Any, ...]:
+        return (*self, *(None,) * (len(self._fields) - len(self)))
+
+    def _asdict(self) -> dict[str, Any]:
+        return dict(zip(self._fields, self._full(), strict=True))
+
+    def _replace(self, **changes: Any) -> Self:
+        return type(self)(**{**self._asdict(), **changes})
+
+    @classmethod
+    def _make(cls, values: Iterable[Any]) -> Self:
+        return cls(*values)
+
+    def __getnewargs__(self) -> tuple[Any, ...]:  # (pickle, copy: through __new__)
+        return tuple(self)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in zip(self._fields, self._full(), strict=True))
+        return f"{type(self).__name__}({fields})"
+
+
+def _field(index: int, optional: bool) -> Any:
+    if not optional:
+        return _tuplegetter(index, None)
+
+    def get(record: tuple[Any, ...]) -> Any:
+        return record[index] if len(record) > index else None
+
+    return property(get)
+
+
+class Tuple(_Record):
     """One direction of a connection (CTA_TUPLE_ORIG or CTA_TUPLE_REPLY)."""
 
-    src: str | None
-    dst: str | None
-    sport: int | None = None  # TCP/UDP/SCTP/DCCP/UDPLITE port, GRE key
-    dport: int | None = None
-    icmp_type: int | None = None  # ICMP and ICMPv6
-    icmp_code: int | None = None
-    icmp_id: int | None = None
-    zone: int | None = None  # directional zone (CTA_TUPLE_ZONE), rare
+    __slots__ = ()
+    _fields = ("src", "dst", "sport", "dport", "icmp_type", "icmp_code", "icmp_id", "zone")
+    _short = 4
+    if TYPE_CHECKING:
+        src: str | None
+        dst: str | None
+        sport: int | None  # TCP/UDP/SCTP/DCCP/UDPLITE port, GRE key
+        dport: int | None
+        icmp_type: int | None  # ICMP and ICMPv6
+        icmp_code: int | None
+        icmp_id: int | None
+        zone: int | None  # directional zone (CTA_TUPLE_ZONE), rare
+
+    def __new__(
+        cls,
+        src: str | None,
+        dst: str | None,
+        sport: int | None = None,
+        dport: int | None = None,
+        icmp_type: int | None = None,
+        icmp_code: int | None = None,
+        icmp_id: int | None = None,
+        zone: int | None = None,
+    ) -> Tuple:
+        if icmp_type is None and icmp_code is None and icmp_id is None and zone is None:
+            return tuple.__new__(cls, (src, dst, sport, dport))
+        return tuple.__new__(cls, (src, dst, sport, dport, icmp_type, icmp_code, icmp_id, zone))
 
 
 # A flow's identity across dumps: CTA_ID is a 32-bit hash and can repeat, so the zone
@@ -41,33 +124,89 @@ class Tuple(NamedTuple):
 FlowKey = tuple[int, Tuple, "int | None"]
 
 
-class Flow(NamedTuple):
+class Flow(_Record):
     """One conntrack entry as the kernel reported it in one dump."""
 
-    family: int  # AF_INET / AF_INET6 (nfgen_family of the message)
-    protonum: int  # CTA_PROTO_NUM of the original tuple
-    orig: Tuple
-    reply: Tuple
-    id: int | None = None  # CTA_ID
-    status: int | None = None  # CTA_STATUS bits
-    state: int | None = None  # TCP/SCTP/DCCP protocol state number
-    # When the kernel drops the entry unless a packet refreshes it: unix seconds, the
-    # CTA_TIMEOUT (seconds left) added to the time of the dump that sent it. An absolute time,
-    # so that an entry nothing happened to decodes to the *same* Flow from poll to poll (see
-    # `cttop.conntrack.decode.FastDecoder`); `timeout_at(now)` is the seconds left at `now`.
-    expires: float | None = None
-    mark: int | None = None
-    zone: int = 0
-    use: int | None = None
-    orig_packets: int | None = None
-    orig_bytes: int | None = None
-    reply_packets: int | None = None
-    reply_bytes: int | None = None
-    start: int | None = None  # CTA_TIMESTAMP_START, ns since the epoch
-    stop: int | None = None  # CTA_TIMESTAMP_STOP, ns since the epoch
-    labels: int | None = None  # CTA_LABELS as one big-endian integer (bit n = label n)
-    helper: str | None = None  # CTA_HELP_NAME
-    secctx: str | None = None  # CTA_SECCTX_NAME
+    __slots__ = ()
+    _fields = (
+        "family",
+        "protonum",
+        "orig",
+        "reply",
+        "id",
+        "status",
+        "state",
+        "expires",
+        "mark",
+        "zone",
+        "use",
+        "orig_packets",
+        "orig_bytes",
+        "reply_packets",
+        "reply_bytes",
+        "start",
+        "stop",
+        "labels",
+        "helper",
+        "secctx",
+    )
+    _short = 15
+    if TYPE_CHECKING:
+        family: int  # AF_INET / AF_INET6 (nfgen_family of the message)
+        protonum: int  # CTA_PROTO_NUM of the original tuple
+        orig: Tuple
+        reply: Tuple
+        id: int | None  # CTA_ID
+        status: int | None  # CTA_STATUS bits
+        state: int | None  # TCP/SCTP/DCCP protocol state number
+        # When the kernel drops the entry unless a packet refreshes it: unix seconds, the
+        # CTA_TIMEOUT (seconds left) added to the time of the dump that sent it. An absolute
+        # time, so that an entry nothing happened to decodes to the *same* Flow from poll to
+        # poll (see `cttop.conntrack.decode.FastDecoder`); `timeout_at(now)` is the seconds
+        # left at `now`.
+        expires: float | None
+        mark: int | None
+        zone: int
+        use: int | None
+        orig_packets: int | None
+        orig_bytes: int | None
+        reply_packets: int | None
+        reply_bytes: int | None
+        # The rare fields, left out of the record while all are absent (see _Record):
+        start: int | None  # CTA_TIMESTAMP_START, ns since the epoch
+        stop: int | None  # CTA_TIMESTAMP_STOP, ns since the epoch
+        labels: int | None  # CTA_LABELS as one big-endian integer (bit n = label n)
+        helper: str | None  # CTA_HELP_NAME
+        secctx: str | None  # CTA_SECCTX_NAME
+
+    def __new__(
+        cls,
+        family: int,
+        protonum: int,
+        orig: Tuple,
+        reply: Tuple,
+        id: int | None = None,
+        status: int | None = None,
+        state: int | None = None,
+        expires: float | None = None,
+        mark: int | None = None,
+        zone: int = 0,
+        use: int | None = None,
+        orig_packets: int | None = None,
+        orig_bytes: int | None = None,
+        reply_packets: int | None = None,
+        reply_bytes: int | None = None,
+        start: int | None = None,
+        stop: int | None = None,
+        labels: int | None = None,
+        helper: str | None = None,
+        secctx: str | None = None,
+    ) -> Flow:
+        head = (family, protonum, orig, reply, id, status, state, expires, mark, zone, use)
+        counters = (orig_packets, orig_bytes, reply_packets, reply_bytes)
+        if start is None and stop is None and labels is None and helper is None and secctx is None:
+            return tuple.__new__(cls, (*head, *counters))
+        return tuple.__new__(cls, (*head, *counters, start, stop, labels, helper, secctx))
 
     @property
     def key(self) -> FlowKey:
