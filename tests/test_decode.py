@@ -492,6 +492,33 @@ def test_fast_decoder_cache_follows_the_table() -> None:
         assert dec.cached == per_dump - (dump == 0)
 
 
+def test_flows_given_the_same_seconds_left_in_a_dump_share_their_expiry() -> None:
+    """One float per expiry value in a dump, whether the flow is new or a cached one whose
+    counters moved; the table of them is empty between dumps."""
+    dec = FastDecoder()
+    flows = []
+    for dump in range(3):
+        dec.begin()
+        dec.clock[0] = 1000.0 + dump
+        flows = []
+        for i in range(300):
+            attrs = (
+                orig4(tup=O4._replace(sport=1024 + i % 200))  # 200 flows, and 100 again
+                + reply4()
+                + be32(c.CTA_TIMEOUT, 30 + i % 3)
+                + nest(
+                    c.CTA_COUNTERS_ORIG,
+                    be64(c.CTA_COUNTERS_PACKETS, dump),
+                    be64(c.CTA_COUNTERS_BYTES, dump),
+                )
+            )
+            flows.append(dec.decode(attrs, 0, len(attrs), V4))
+        dec.end()
+        assert dec.expiries == {}
+    assert sorted({f.expires for f in flows}) == [1032.0, 1033.0, 1034.0]
+    assert len({id(f.expires) for f in flows}) == 3
+
+
 def test_fast_decoder_cache_of_a_busy_table_stays_near_its_size() -> None:
     """On a busy table, a third of the flows move between two dumps: each of those is the
     cached decode with its new counters, in place of the last one (its tuples not decoded

@@ -85,7 +85,7 @@ _TUPLE_LEAVES: Final = {
     (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMP_CODE): ("icmp_code", "B", 1),
     (c.CTA_TUPLE_PROTO, c.CTA_PROTO_ICMPV6_CODE): ("icmp_code", "B", 1),
 }
-_TUPLE_FIELDS: Final = ("src", "dst", "sport", "dport", "icmp_type", "icmp_code", "icmp_id", "zone")
+_TUPLE_FIELDS: Final = Tuple._fields
 
 
 def _addr(buf: bytes, s: int, e: int, size: int) -> str:
@@ -435,12 +435,12 @@ def _compile_region(region: bytes) -> object | None:
     return env["run"]
 
 
-def _record(items: Iterable[str], short: int) -> list[str]:
+def _record(items: Iterable[str], short: int) -> tuple[str, ...]:
     """The expressions of a record's fields, without its optional last ones (from `short`)
     when the layout has none of them (`None` for each): the one form of such a record (see
-    `cttop.conntrack.model._Record`). A field the layout has is never None."""
-    items = list(items)
-    return items[:short] if all(item == "None" for item in items[short:]) else items
+    `cttop.conntrack.model._Record._of`). A field the layout has is never None."""
+    items = tuple(items)
+    return items[:short] if items[short:].count("None") == len(items) - short else items
 
 
 def _shared(item: str) -> str:
@@ -667,7 +667,7 @@ def _compile_shape(
         f.get("helper", "None"),
         f.get("secctx", "None"),
     )
-    flow_fields = tuple(_record(flow_fields, Flow._short))
+    flow_fields = _record(flow_fields, Flow._short)
     got = "".join(f"v[{i}], " for i, _ in b.headers)
     want = tuple(w for _, w in b.headers)
     size = end - off
@@ -709,7 +709,7 @@ def _compile_shape(
     unpacked = ", ".join(f"s{i}" if f"s{i}" in segments else f"x{i}" for i in range(item))
     parts = f"{unpacked}, = split(buf, off)\n    fp = {fp}"
     # A known message: the cached flow while the expiry it gives agrees and the counters are
-    # the same; else its fields unpacked at once (faster than twenty subscripts) with the new
+    # the same; else its fields unpacked at once (faster than a subscript each) with the new
     # values.
     same = [f"h[{i}] == {x}" for i, x in sorted(values.items()) if i != _EXPIRES]
     hit = ""
@@ -808,7 +808,8 @@ class FastDecoder:
         self.clock: list[float] = [0.0]
         # The expiries of this dump's new decodes, by value: the flows of one dump that the
         # kernel gave the same seconds left share one float (24 bytes a flow otherwise, ~6
-        # MiB at 250k flows), and keep it while they are reused. Emptied at each dump.
+        # MiB at 250k flows), and keep it while they are reused. Emptied before and after
+        # each dump (a cold dump of 250k flows may leave ~10 MiB of them).
         self.expiries: dict[float, float] = {}
 
     @property
@@ -831,6 +832,7 @@ class FastDecoder:
 
     def end(self) -> None:
         """The dump went to its end: if it renewed the caches, they now hold its flows."""
+        self.expiries.clear()
         for shapes in self.shapes.values():
             for shape in shapes:
                 if shape.renewed is not None:

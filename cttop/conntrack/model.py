@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from cttop.conntrack.const import (
     FAMILY_NAMES,
@@ -23,9 +23,6 @@ from cttop.conntrack.const import (
     state_name,
     status_names,
 )
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
 
 try:  # the C descriptor a NamedTuple's fields read through
     from _collections import _tuplegetter  # type: ignore[import-not-found]
@@ -56,17 +53,25 @@ class _Record(tuple):  # type: ignore[type-arg]
         for index, name in enumerate(cls._fields):
             setattr(cls, name, _field(index, index >= cls._short))
 
+    @classmethod
+    def _of(cls: type[_R], values: tuple[Any, ...]) -> _R:
+        """The record of these values (one per field): its short form when it can be."""
+        short = cls._short
+        if values[short:].count(None) == len(values) - short:
+            values = values[:short]
+        return tuple.__new__(cls, values)
+
     def _full(self) -> tuple[Any, ...]:
         return (*self, *(None,) * (len(self._fields) - len(self)))
 
     def _asdict(self) -> dict[str, Any]:
         return dict(zip(self._fields, self._full(), strict=True))
 
-    def _replace(self, **changes: Any) -> Self:
+    def _replace(self: _R, **changes: Any) -> _R:
         return type(self)(**{**self._asdict(), **changes})
 
     @classmethod
-    def _make(cls, values: Iterable[Any]) -> Self:
+    def _make(cls: type[_R], values: Iterable[Any]) -> _R:
         return cls(*values)
 
     def __getnewargs__(self) -> tuple[Any, ...]:  # (pickle, copy: through __new__)
@@ -75,6 +80,9 @@ class _Record(tuple):  # type: ignore[type-arg]
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in zip(self._fields, self._full(), strict=True))
         return f"{type(self).__name__}({fields})"
+
+
+_R = TypeVar("_R", bound=_Record)
 
 
 def _field(index: int, optional: bool) -> Any:
@@ -114,9 +122,7 @@ class Tuple(_Record):
         icmp_id: int | None = None,
         zone: int | None = None,
     ) -> Tuple:
-        if icmp_type is None and icmp_code is None and icmp_id is None and zone is None:
-            return tuple.__new__(cls, (src, dst, sport, dport))
-        return tuple.__new__(cls, (src, dst, sport, dport, icmp_type, icmp_code, icmp_id, zone))
+        return cls._of((src, dst, sport, dport, icmp_type, icmp_code, icmp_id, zone))
 
 
 # A flow's identity across dumps: CTA_ID is a 32-bit hash and can repeat, so the zone
@@ -202,11 +208,13 @@ class Flow(_Record):
         helper: str | None = None,
         secctx: str | None = None,
     ) -> Flow:
-        head = (family, protonum, orig, reply, id, status, state, expires, mark, zone, use)
-        counters = (orig_packets, orig_bytes, reply_packets, reply_bytes)
-        if start is None and stop is None and labels is None and helper is None and secctx is None:
-            return tuple.__new__(cls, (*head, *counters))
-        return tuple.__new__(cls, (*head, *counters, start, stop, labels, helper, secctx))
+        return cls._of(
+            (
+                *(family, protonum, orig, reply, id, status, state, expires, mark, zone, use),
+                *(orig_packets, orig_bytes, reply_packets, reply_bytes),
+                *(start, stop, labels, helper, secctx),
+            )
+        )
 
     @property
     def key(self) -> FlowKey:
