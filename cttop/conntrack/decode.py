@@ -7,11 +7,13 @@ anything that does not follow the rules raises `DecodeError`, which callers coun
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import sys
 import weakref
-from collections.abc import Callable, Iterable
+from array import array
+from collections.abc import Callable, Iterable, MutableSequence
 from typing import Any, Final
 
 from cttop.conntrack import const as c
@@ -312,46 +314,198 @@ _Miss = Callable[[bytes, int, int, int, int], Flow]
 
 
 class _Shape:
-    """One compiled layout: `run(buf, off, end, family)` -> Flow, and its cache of the flows it
-    decoded by fingerprint (a hash of the message's bytes but the timeout's value), renewed by
-    `FastDecoder`. A message the layout does not fit goes on to `miss(buf, off, end, family,
-    after)`: the shape after this one in its length's chain, or the reference decoder."""
+    """One compiled layout: `run(buf, off, end, family)` -> Flow. It looks a message up among
+    the last dump's decodes (`_Walk`) by its fingerprint (a hash of the message's bytes but the
+    timeout's and the counters' values). A message the layout does not fit goes on to
+    `miss(buf, off, end, family, after)`: the shape after this one in its length's chain, or
+    the reference decoder."""
 
     __slots__ = ("box", "run")
 
     def __init__(self, after: int) -> None:
         self.run: _Decode
-        # [cache, renewed, after]: what the compiled code reads. It holds neither the shape nor
-        # the decoder, so a dropped decoder is freed at once (no cycle for the collector).
-        self.box: list[Any] = [{}, None, after]
-
-    @property
-    def cache(self) -> dict[int | bytes, Flow]:
-        cache: dict[int | bytes, Flow] = self.box[0]
-        return cache
-
-    @cache.setter
-    def cache(self, cache: dict[int | bytes, Flow]) -> None:
-        self.box[0] = cache
-
-    @property
-    def renewed(self) -> dict[int | bytes, Flow] | None:
-        renewed: dict[int | bytes, Flow] | None = self.box[1]
-        return renewed
-
-    @renewed.setter
-    def renewed(self, renewed: dict[int | bytes, Flow] | None) -> None:
-        self.box[1] = renewed
+        # [after, decoded]: what the compiled code reads and counts. It holds neither the
+        # shape nor the decoder, so a dropped decoder is freed at once (no cycle for the
+        # collector).
+        self.box: list[int] = [after, 0]
 
     @property
     def after(self) -> int:
-        """The place in its length's chain of the shape a miss goes on to (its own + 1)."""
-        after: int = self.box[2]
-        return after
+        """The place in its length's chain of the shape tried when this one does not fit."""
+        return self.box[0]
 
     @after.setter
     def after(self, after: int) -> None:
-        self.box[2] = after
+        self.box[0] = after
+
+    @property
+    def decoded(self) -> int:
+        """Messages this shape decoded in full (tuples and all) so far."""
+        return self.box[1]
+
+
+def _fingerprints() -> MutableSequence[Any]:
+    return array("q") if _HASH_FINGERPRINTS else []
+
+
+# What ends the last dump's fingerprints (see `_Walk`): CPython's hash() never gives -1 (it is
+# its functions' error value), and no bytes are an int.
+_NO_FINGERPRINT: Final = -1
+
+
+# How far ahead of its place the walk looks for a message's last decode (the flows of the last
+# dump in between vanished), and how many messages in a row it may miss without a step before it
+# is lost (a run of more than that vanished, or the table is walked in another order).
+_LOOK_AHEAD: Final = 32
+_LOST: Final = 16
+
+
+class _Walk:
+    """The last complete dump's decodes in its order, each with its message's fingerprint: where
+    the compiled shapes look a message up.
+
+    The kernel dumps its hash table in the same order poll after poll (the sampler's diff
+    relies on it too), so the last decode of a message is almost always the next flow of the
+    last dump: one comparison with an array's next item, and a step. (A dict of a 250k table's
+    fingerprints was ~20 MiB: its table and an int object for each.) A message that is not
+    next is looked for a little further on, where the flows in between vanished; one that is
+    not there either is new, unless the walk has been missing for a while without a step: lost
+    (a run of more than that vanished, or the table is walked in another order), it looks
+    messages up in an index of the last dump by fingerprint, made once for the dump.
+
+    The dump is written over the last one as it goes: a flow decoded anew (its counters moved)
+    takes its last decode's place; the places passed over (vanished) and the new flows (and
+    those found behind the walk, decoded again) are noted, and put in by `end()`, which has
+    nothing to do for a table where only counters moved. Whatever the walk does not find is
+    decoded in full: the walk decides how fast, never what.
+    """
+
+    __slots__ = (
+        "added",
+        "added_at",
+        "added_fps",
+        "at",
+        "flows",
+        "fps",
+        "index",
+        "lost",
+        "missed",
+        "missed_at",
+        "skipped",
+    )
+
+    def __init__(self) -> None:
+        # Fingerprints are 64-bit hashes, kept in an array: no object each. (Where they are
+        # the bytes themselves, a list.) Both end in one more item, which no message matches,
+        # so that the compiled code need not ask whether the walk is at the end: a fingerprint
+        # no message has (`_NO_FINGERPRINT`), and None.
+        self.fps: MutableSequence[Any] = _fingerprints()
+        self.fps.append(_NO_FINGERPRINT)
+        self.flows: list[Flow | None] = [None]
+        # The place in the last dump of the next flow expected: read by the compiled code.
+        self.at = [0]
+        # What the dump brought that is not in the last one, in order: new places (before the
+        # last dump's place `added_at[i]`) and the places passed over, as [start, stop).
+        self.added_at = array("q")
+        self.added_fps: MutableSequence[Any] = _fingerprints()
+        self.added: list[Flow] = []
+        self.skipped: list[tuple[int, int]] = []
+        self.index: dict[Any, int] | None = None
+        self.lost = False  # whether the walk was lost in this dump (or the last, once ended)
+        self.missed = 0  # messages missed in a row without a step, from place `missed_at`
+        self.missed_at = -1
+
+    @property
+    def kept(self) -> int:
+        """Flows kept from the last dump."""
+        return len(self.flows) - 1
+
+    def begin(self) -> None:
+        """A dump starts (again)."""
+        self._restart()
+        self.lost = False
+
+    def end(self) -> None:
+        """The dump went to its end: its decodes are the ones to look up in the next."""
+        walked = self.at[0]
+        if self.added or self.skipped or walked < self.kept:
+            fps, flows = self.fps, self.flows
+            new_fps, new_flows = _fingerprints(), []
+            start = 0
+            skipped = iter(self.skipped)
+            gap = next(skipped, None)
+
+            def keep(upto: int) -> None:  # the last dump's places from `start` up to `upto`
+                nonlocal start, gap
+                while gap is not None and gap[0] < upto:
+                    new_fps.extend(fps[start : gap[0]])
+                    new_flows.extend(flows[start : gap[0]])
+                    start = gap[1]
+                    gap = next(skipped, None)
+                new_fps.extend(fps[start:upto])
+                new_flows.extend(flows[start:upto])
+                start = upto
+
+            for at, fp, flow in zip(self.added_at, self.added_fps, self.added, strict=True):
+                keep(at)
+                new_fps.append(fp)
+                new_flows.append(flow)
+            keep(walked)  # (and what is after the last place walked vanished)
+            new_fps.append(_NO_FINGERPRINT)
+            new_flows.append(None)
+            self.fps[:] = new_fps
+            self.flows[:] = new_flows
+        self._restart()
+
+    def _restart(self) -> None:
+        self.at[0] = 0
+        del self.added_at[:]
+        del self.added_fps[:]
+        self.added.clear()
+        self.skipped.clear()
+        self.index = None
+        self.missed = 0
+        self.missed_at = -1
+
+    def seek(self, fp: Any) -> int:
+        """The place in the last dump of the message with fingerprint `fp`, which is not the
+        next one, or -1: a new place. The walk goes on after it (the places between
+        vanished); a place behind the walk is none (the message is decoded again)."""
+        at = self.at
+        j = at[0]
+        n = self.kept
+        k = -1
+        if j < n:
+            with contextlib.suppress(ValueError):
+                k = self.fps.index(fp, j, min(n, j + _LOOK_AHEAD))
+        if k < 0:
+            index = self.index
+            if index is None:
+                if j != self.missed_at:
+                    self.missed_at = j
+                    self.missed = 0
+                self.missed += 1
+                if self.missed < _LOST:
+                    return -1  # new, most likely
+                index = self.index = dict(zip(self.fps, range(n), strict=False))  # (not the end)
+                self.lost = True
+            k = index.get(fp, -1)
+            if k < j:  # not in the last dump, or passed over already
+                return -1
+        if k > j:
+            self.skipped.append((j, k))
+        at[0] = k + 1
+        return k
+
+    def put(self, k: int, fp: Any, flow: Flow) -> None:
+        """`flow` is the decode of the message with fingerprint `fp`, at the last dump's place
+        `k` (`seek`), or a new place."""
+        if k >= 0:
+            self.flows[k] = flow
+        else:
+            self.added_at.append(self.at[0])
+            self.added_fps.append(fp)
+            self.added.append(flow)
 
 
 def _decode_tuples_region_reference(region: bytes) -> tuple[Tuple, Tuple, int]:
@@ -616,11 +770,6 @@ class _ShapeBuilder:
         return "".join(self.fmt)
 
 
-def _known(pad: str) -> str:
-    """Generated code: a cached flow `h` is the decode of fingerprint `fp`."""
-    return f"{pad}if renewed is not None:\n{pad}    renewed[fp] = h\n{pad}return h\n"
-
-
 def _compile_shape(
     buf: bytes,
     off: int,
@@ -629,11 +778,12 @@ def _compile_shape(
     after: int,
     clock: list[float],
     expiries: dict[float, float],
+    walk: _Walk,
 ) -> _Shape | None:
     """A shape for messages laid out like buf[off:end]; what it does not fit goes to
     `miss()(..., shape.after)` (`miss` is a weak reference to the decoder's `_miss`).
-    `clock[0]` is the time of the dump being decoded, `expiries` the expiries it made (see
-    `FastDecoder`)."""
+    `clock[0]` is the time of the dump being decoded, `expiries` the expiries it made, `walk`
+    the last dump's decodes (see `FastDecoder`)."""
     b = _ShapeBuilder()
     try:
         fmt = b.learn(buf, off, end)
@@ -674,8 +824,8 @@ def _compile_shape(
     # What changes while an entry lives on — its seconds left and its counters — is left out
     # of the fingerprint and read on its own: a message the shape decoded before but for these
     # is the cached flow (nothing changed but the timeout ticking: the same object), or its
-    # fields with these values (a flow that moved: no tuples decoded again, and the cache entry
-    # replaced rather than a new one left beside it).
+    # fields with these values (a flow that moved: no tuples decoded again, and put in its
+    # last decode's place).
     moving: list[tuple[int, str, int]] = []  # (offset, struct format, index in Flow)
     if b.timeout_at is not None:
         moving.append((b.timeout_at, "I", _EXPIRES))
@@ -721,34 +871,40 @@ def _compile_shape(
         names = [f"f{i}" for i in range(len(flow_fields))]
         fresh = ", ".join(values.get(i, name) for i, name in enumerate(names))
         hit += (
-            f"        if {' and '.join(same)}:\n{_known(' ' * 12)}"
+            f"        if {' and '.join(same)}:\n"
+            "            return h\n"
             f"        {', '.join(names)} = h\n"
-            f"        flow = new(Flow, ({fresh}))\n"
+            f"        flow = PF[k] = new(Flow, ({fresh}))\n"
+            "        return flow\n"
         )
     else:  # nothing in the message changes while it lives: the cached flow is the decode
-        hit += _known(" " * 8)
+        hit += "        return h\n"
+    # The message's place in the last dump is k (its flow PF[k] is replaced there by a new
+    # decode), or -1: none (PF[-1] is None), a new place in the next.
     src = (
         "def run(buf, off, end, family):\n"
         f"    {parts}\n"
-        "    h = box[0].get(fp)\n"
-        "    renewed = box[1]\n"
+        "    k = at[0]\n"
+        "    if P[k] == fp:\n"
+        "        at[0] = k + 1\n"
+        "    else:\n"
+        "        k = seek(fp)\n"
+        "    h = PF[k]\n"
         "    if h is not None and h[0] == family:\n"
         f"{hit}"
         "    else:\n"
         "        v = unpack(buf, off)\n"
         f"        if ({got}) != want:\n"
-        "            return miss()(buf, off, end, family, box[2])\n"
+        "            return miss()(buf, off, end, family, box[0])\n"
         "        try:\n"
         f"            t = region(v[{b.region}])\n"
         "        except DecodeError:\n"
-        "            return miss()(buf, off, end, family, box[2])\n"
+        "            return miss()(buf, off, end, family, box[0])\n"
         "        now = clock[0]\n"
         f"        flow = new(Flow, ({', '.join(flow_fields)}))\n"
-        "    if renewed is None:\n"
-        "        box[0][fp] = flow\n"
-        "    else:\n"
-        "        renewed[fp] = flow\n"
-        "    return flow\n"
+        "        box[1] += 1\n"
+        "        put(k, fp, flow)\n"
+        "        return flow\n"
     )
     shape = _Shape(after)
     env: dict[str, object] = {
@@ -763,6 +919,11 @@ def _compile_shape(
         "_cstring": _cstring,
         "I": _INTS.setdefault,
         "box": shape.box,
+        "at": walk.at,
+        "P": walk.fps,
+        "PF": walk.flows,
+        "seek": walk.seek,
+        "put": walk.put,
         "miss": miss,
         "clock": clock,
         "E": expiries.setdefault,
@@ -778,21 +939,17 @@ class FastDecoder:
     """Decodes the messages of successive dumps, learning their shapes as it goes.
 
     Most entries of a big table do not change between two polls but for the seconds left
-    (CTA_TIMEOUT), and those that carry traffic only in their counters: each shape keeps the
-    flows it decoded by the message's bytes without these values, and such a message costs one
-    short struct call, a hash and one dict lookup. The decode is the cached flow itself, the
-    same object as the poll before, while the counters are the same and the expiry it implies
-    agrees with the cached one (`SAME_EXPIRY`); else the cached fields with the new values, in
-    its place. Only messages never seen (new flows, a state change) are decoded. The
-    cache must not outlive the table: flows that are gone leave entries behind only until it
-    is renewed, which a dump does every `_RENEW_EVERY` dumps, or sooner when the cache has
-    grown by a sixteenth of the table since the last renewal; its size follows the table's,
-    and most dumps of a quiet table skip the cost of building a new 250k-entry dict. Call
-    `begin()` before a dump and `end()` after it, and set `clock[0]` to the time of the dump
-    (unix seconds).
+    (CTA_TIMEOUT), and those that carry traffic only in their counters: the decoder keeps the
+    last dump's flows with their messages' bytes but for these values, fingerprinted, in the
+    dump's order (`_Walk`), and such a message costs one short struct call, a hash and a
+    comparison with the fingerprint of the last dump's flow at its place. The decode is that
+    flow itself, the same object as the poll before, while the counters are the same and the
+    expiry it implies agrees with the cached one (`SAME_EXPIRY`); else its fields with the new
+    values. Only messages never seen (new flows, a state change) are decoded. A flow the next
+    dump does not bring is let go when that dump ends. Call `begin()` before a dump and
+    `end()` after it (a dump not ended is as if it never was: the next looks messages up in the
+    last one that was), and set `clock[0]` to the time of the dump (unix seconds).
     """
-
-    _RENEW_EVERY: Final = 8
 
     def __init__(self) -> None:
         self.shapes: dict[int, list[_Shape]] = {}
@@ -800,9 +957,7 @@ class FastDecoder:
         # calls the compiled code directly, one Python call per message.
         self.entries: dict[int, _Decode] = {}
         self.nshapes = 0
-        self._dumps = 0
-        self._kept = 0  # entries the last renewal kept
-        self._renewing = False
+        self.walk = _Walk()
         # The time of the dump being decoded (unix seconds): what `Flow.expires` counts from.
         # A list, read by the compiled shapes at each decode.
         self.clock: list[float] = [0.0]
@@ -814,38 +969,23 @@ class FastDecoder:
 
     @property
     def cached(self) -> int:
-        """Flows held by the fingerprint caches."""
-        return sum(len(shape.cache) for shapes in self.shapes.values() for shape in shapes)
+        """Flows kept from the last dump, to be reused by the next."""
+        return self.walk.kept
 
     def begin(self) -> None:
         _bound_shared_ints()
         self.expiries.clear()
-        self._dumps += 1
-        due = self._dumps % self._RENEW_EVERY == 0
-        # Every flow whose counters moved left its last decode behind: on a busy table (a
-        # third of 250k flows moving) waiting for the cache to double held ~300k dead flows,
-        # +150 MiB. A sixteenth of the table is ~4% of a poll's own memory.
-        self._renewing = due or self.cached > self._kept + max(1024, self._kept // 16)
-        for shapes in self.shapes.values():
-            for shape in shapes:
-                shape.renewed = {} if self._renewing else None
+        self.walk.begin()
 
     def end(self) -> None:
-        """The dump went to its end: if it renewed the caches, they now hold its flows."""
+        """The dump went to its end: its flows are the ones the next dump reuses."""
         self.expiries.clear()
-        for shapes in self.shapes.values():
-            for shape in shapes:
-                if shape.renewed is not None:
-                    shape.cache = shape.renewed
-                    shape.renewed = None
-        if self._renewing:
-            self._kept = self.cached
-        self._renewing = False
-        # Where layouts share a length, the one that decodes most of the table goes first:
-        # every message a shape does not fit pays for its try before going on down the chain.
+        self.walk.end()
+        # Where layouts share a length, the one that decoded most goes first: every message a
+        # shape does not fit pays for its try before going on down the chain.
         for length, shapes in self.shapes.items():
             if len(shapes) > 1:
-                shapes.sort(key=lambda shape: len(shape.cache), reverse=True)
+                shapes.sort(key=lambda shape: shape.decoded, reverse=True)
                 for i, shape in enumerate(shapes):
                     shape.after = i + 1
                 self.entries[length] = shapes[0].run
@@ -881,9 +1021,9 @@ class FastDecoder:
                 after,
                 self.clock,
                 self.expiries,
+                self.walk,
             )
             if learned is not None:
-                learned.renewed = {} if self._renewing else None
                 self.shapes.setdefault(end - off, []).append(learned)
                 self.entries.setdefault(end - off, learned.run)
                 self.nshapes += 1

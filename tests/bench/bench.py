@@ -481,7 +481,7 @@ def profile_worker(n: int, interval: float) -> dict[str, Any]:
     out["gc_freeze_count"] = gc.get_freeze_count()
     # A structural breakdown of a typical flow (a synthetic UDP one) and of the containers.
     sample_flow = next(f for f in flows.values() if f.protonum == c.IPPROTO_UDP)
-    caches = [shape.cache for shapes in client.decoder.shapes.values() for shape in shapes]
+    walk = client.decoder.walk
     sizes = {
         "Flow (20-field tuple)": sys.getsizeof(sample_flow),
         "orig Tuple": sys.getsizeof(sample_flow.orig),
@@ -495,10 +495,10 @@ def profile_worker(n: int, interval: float) -> dict[str, Any]:
             sys.getsizeof(keep.rows.flows) + sys.getsizeof(keep.rows.rates)
         )
         / nflows,
-        "decoder fingerprint caches (dicts), per entry": sum(map(sys.getsizeof, caches)) / nflows,
-        "decoder fingerprint (hash int)": _mean_size(
-            [fp for cache in caches for fp in cache][:1000]
-        ),
+        "decoder's last dump (fingerprints, flows), per entry": (
+            sys.getsizeof(walk.fps) + sys.getsizeof(walk.flows)
+        )
+        / nflows,
     }
     out["sizes_bytes"] = sizes
     del keep, flows, sample_flow
@@ -662,10 +662,6 @@ def stall_attribution(
         cell["ms_per_poll"] = round(cell["ms_per_poll"] + secs * 1e3 / polls, 2)
         cell["max_ms"] = round(max(cell["max_ms"], secs * 1e3), 2)
     return out
-
-
-def _mean_size(objs: list[Any]) -> float:
-    return sum(map(sys.getsizeof, objs)) / max(1, len(objs))
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ A script, not a test (needs root):
 
 `bench.py`'s tables are mostly idle (2% of the flows moving): there the decoder gives back
 the last poll's Flow for nearly every message. On a busy gateway many flows move every
-second, and each of those is a message the decoder has not seen: decoded in full, and cached
-beside the decode of its last poll until the cache is renewed. This fills a namespace's table
+second, and each of those is a message the decoder has not seen but for its counters: the
+decode of its last poll with the new counters, in its place. This fills a namespace's table
 with N entries (as `bench_dump.py` does), receives one dump, and then, in one process, decodes
 it `--dumps` times with a `FastDecoder` as the poll loop does, each time after raising the
 orig byte counter of `--share` of the messages (in the received bytes: the kernel cannot be
