@@ -14,6 +14,7 @@ import sys
 import weakref
 from array import array
 from collections.abc import Callable, Iterable, MutableSequence
+from itertools import groupby
 from typing import Any, Final
 
 from cttop.conntrack import const as c
@@ -446,10 +447,15 @@ class _Walk:
                 new_flows.extend(flows[start:upto])
                 start = upto
 
-            for at, fp, flow in zip(self.added_at, self.added_fps, self.added, strict=True):
+            # The new flows, a run at a time: those before one place of the last dump (all of
+            # a cold dump's, before its place 0) go in together.
+            added = 0
+            for at, run in groupby(self.added_at):
                 keep(at)
-                new_fps.append(fp)
-                new_flows.append(flow)
+                n = len(list(run))
+                new_fps.extend(self.added_fps[added : added + n])
+                new_flows.extend(self.added[added : added + n])
+                added += n
             keep(walked)  # (and what is after the last place walked vanished)
             new_fps.append(_NO_FINGERPRINT)
             new_flows.append(None)
@@ -471,9 +477,11 @@ class _Walk:
         """The place in the last dump of the message with fingerprint `fp`, which is not the
         next one, or -1: a new place. The walk goes on after it (the places between
         vanished); a place behind the walk is none (the message is decoded again)."""
+        n = self.kept
+        if not n:  # (a first dump)
+            return -1
         at = self.at
         j = at[0]
-        n = self.kept
         k = -1
         if j < n:
             with contextlib.suppress(ValueError):
