@@ -7,7 +7,6 @@ anything that does not follow the rules raises `DecodeError`, which callers coun
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import struct
 import sys
@@ -341,7 +340,7 @@ class _Shape:
 
     @property
     def decoded(self) -> int:
-        """Messages this shape decoded in full (tuples and all) so far."""
+        """Messages this shape decoded in the dump (the last one, once it ended)."""
         return self.box[1]
 
 
@@ -350,7 +349,7 @@ def _fingerprints() -> MutableSequence[Any]:
 
 
 # What ends the last dump's fingerprints (see `_Walk`): CPython's hash() never gives -1 (it is
-# its functions' error value), and no bytes are an int.
+# its functions' error value), and fingerprints that are bytes or tuples are no int.
 _NO_FINGERPRINT: Final = -1
 
 
@@ -484,8 +483,10 @@ class _Walk:
         j = at[0]
         k = -1
         if j < n:
-            with contextlib.suppress(ValueError):
+            try:  # (cheaper than contextlib.suppress, for each new flow)  # noqa: SIM105
                 k = self.fps.index(fp, j, min(n, j + _LOOK_AHEAD))
+            except ValueError:
+                pass
         if k < 0:
             index = self.index
             if index is None:
@@ -495,7 +496,10 @@ class _Walk:
                 self.missed += 1
                 if self.missed < _LOST:
                     return -1  # new, most likely
-                index = self.index = dict(zip(self.fps, range(n), strict=False))  # (not the end)
+                # (A fingerprint twice: its first place.)
+                index = self.index = dict(
+                    zip(reversed(self.fps[:n]), range(n - 1, -1, -1), strict=True)
+                )
                 self.lost = True
             k = index.get(fp, -1)
             if k < j:  # not in the last dump, or passed over already
@@ -787,11 +791,13 @@ def _compile_shape(
     clock: list[float],
     expiries: dict[float, float],
     walk: _Walk,
+    salt: int,
 ) -> _Shape | None:
     """A shape for messages laid out like buf[off:end]; what it does not fit goes to
     `miss()(..., shape.after)` (`miss` is a weak reference to the decoder's `_miss`).
     `clock[0]` is the time of the dump being decoded, `expiries` the expiries it made, `walk`
-    the last dump's decodes (see `FastDecoder`)."""
+    the last dump's decodes (see `FastDecoder`); `salt` (0 for the first shape of a length,
+    one of its own for each other) goes into its fingerprints."""
     b = _ShapeBuilder()
     try:
         fmt = b.learn(buf, off, end)
@@ -858,11 +864,19 @@ def _compile_shape(
         item += 1
     split = struct.Struct(fmt_split)
     # The fingerprint is the 64-bit hash of the bytes, not the bytes: at 250k flows that keeps
-    # ~60 MB of keys out of the caches. Two messages of one layout with the same hash would
-    # share a decode; with Python's keyed SipHash that is a 2**-64 chance per pair. (A 32-bit
-    # build's hash is too short for that: there the bytes are the key.)
+    # ~60 MB of keys out of memory. Two messages split alike with the same hash would share a
+    # decode; with Python's keyed SipHash that is a 2**-64 chance per pair. (A 32-bit build's
+    # hash is too short for that: there the bytes are the fingerprint.) Two layouts of one
+    # length with their moving values at the same places split alike, and a message of one
+    # would be taken for the other's (whose fields mean something else): each but the first
+    # shape of a length puts its salt in.
     # (Past two pieces, hashing them as a tuple is cheaper than joining them first.)
-    joined = " + ".join(segments) if len(segments) <= 2 else f"({', '.join(segments)})"
+    if salt:
+        joined = f"({salt}, {', '.join(segments)})"
+    elif len(segments) <= 2:
+        joined = " + ".join(segments)
+    else:
+        joined = f"({', '.join(segments)})"
     fp = f"hash({joined})" if _HASH_FINGERPRINTS else joined
     unpacked = ", ".join(f"s{i}" if f"s{i}" in segments else f"x{i}" for i in range(item))
     parts = f"{unpacked}, = split(buf, off)\n    fp = {fp}"
@@ -892,6 +906,7 @@ def _compile_shape(
     src = (
         "def run(buf, off, end, family):\n"
         f"    {parts}\n"
+        "    box[1] += 1\n"
         "    k = at[0]\n"
         "    if P[k] == fp:\n"
         "        at[0] = k + 1\n"
@@ -903,14 +918,15 @@ def _compile_shape(
         "    else:\n"
         "        v = unpack(buf, off)\n"
         f"        if ({got}) != want:\n"
+        "            box[1] -= 1\n"
         "            return miss()(buf, off, end, family, box[0])\n"
         "        try:\n"
         f"            t = region(v[{b.region}])\n"
         "        except DecodeError:\n"
+        "            box[1] -= 1\n"
         "            return miss()(buf, off, end, family, box[0])\n"
         "        now = clock[0]\n"
         f"        flow = new(Flow, ({', '.join(flow_fields)}))\n"
-        "        box[1] += 1\n"
         "        put(k, fp, flow)\n"
         "        return flow\n"
     )
@@ -955,8 +971,9 @@ class FastDecoder:
     expiry it implies agrees with the cached one (`SAME_EXPIRY`); else its fields with the new
     values. Only messages never seen (new flows, a state change) are decoded. A flow the next
     dump does not bring is let go when that dump ends. Call `begin()` before a dump and
-    `end()` after it (a dump not ended is as if it never was: the next looks messages up in the
-    last one that was), and set `clock[0]` to the time of the dump (unix seconds).
+    `end()` after it (a dump not ended leaves what the last one that was kept, but for the
+    decodes it made of messages the walk found there, which take their places: they decode as
+    well), and set `clock[0]` to the time of the dump (unix seconds).
     """
 
     def __init__(self) -> None:
@@ -984,13 +1001,16 @@ class FastDecoder:
         _bound_shared_ints()
         self.expiries.clear()
         self.walk.begin()
+        for shapes in self.shapes.values():
+            for shape in shapes:
+                shape.box[1] = 0
 
     def end(self) -> None:
         """The dump went to its end: its flows are the ones the next dump reuses."""
         self.expiries.clear()
         self.walk.end()
-        # Where layouts share a length, the one that decoded most goes first: every message a
-        # shape does not fit pays for its try before going on down the chain.
+        # Where layouts share a length, the one that decoded most of the dump goes first: every
+        # message a shape does not fit pays for its try before going on down the chain.
         for length, shapes in self.shapes.items():
             if len(shapes) > 1:
                 shapes.sort(key=lambda shape: shape.decoded, reverse=True)
@@ -1030,6 +1050,7 @@ class FastDecoder:
                 self.clock,
                 self.expiries,
                 self.walk,
+                after - 1,
             )
             if learned is not None:
                 self.shapes.setdefault(end - off, []).append(learned)
