@@ -21,6 +21,7 @@ from cttop.conntrack.decode import (
     decode_flow,
     decode_message,
     decode_tuple,
+    _Walk,
 )
 from cttop.conntrack.model import Flow, Tuple
 from cttop.netlink import NLA_F_NESTED, NLA_F_NET_BYTEORDER, NetlinkError, attr, message, nest
@@ -1116,6 +1117,50 @@ def test_the_layout_most_of_a_table_has_goes_first_in_its_chain() -> None:
             assert run(m, 0, len(m), V4) == decode_flow(m, 0, len(m), V4)
         dec.end()
     assert dec.nshapes == 2
+
+
+def test_a_message_of_another_layout_goes_down_its_chain_without_a_look_in_the_walk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where two layouts share a length, a message of the second is not at the first shape's
+    place in the walk (its fingerprint there is never the first's): the first shape checks the
+    layout before it looks the message up further on, and hands it on. A steady dump of both,
+    mixed, is then found at its places, every flow reused, without one `seek`."""
+    seeks: list[object] = []
+    seek = _Walk.seek
+
+    def counted(walk: _Walk, fp: object) -> int:
+        seeks.append(fp)
+        return seek(walk, fp)
+
+    monkeypatch.setattr(_Walk, "seek", counted)
+
+    def common(sport: int) -> bytes:
+        tup = orig4(tup=O4._replace(sport=sport)) + reply4(tup=R4._replace(dport=sport))
+        return tup + be32(c.CTA_MARK, 7) + be32(c.CTA_STATUS, 8)
+
+    def rare(sport: int) -> bytes:
+        tup = orig4(tup=O4._replace(sport=sport)) + reply4(tup=R4._replace(dport=sport))
+        return tup + be32(c.CTA_STATUS, 8) + be32(c.CTA_MARK, 7)
+
+    messages = [(rare if i % 3 == 2 or 40 <= i < 70 else common)(1000 + i) for i in range(90)]
+    assert len({len(m) for m in messages}) == 1
+    dec = FastDecoder()
+    dumps = []
+    for _ in range(3):
+        dec.begin()
+        dumps.append([dec.decode(m, 0, len(m), V4) for m in messages])
+        dec.end()
+        assert dumps[-1] == [decode_flow(m, 0, len(m), V4) for m in messages]
+    assert len(dec.shapes[len(messages[0])]) == 2
+    assert not dec.walk.lost
+    seeks.clear()
+    dec.begin()
+    again = [dec.decode(m, 0, len(m), V4) for m in messages]
+    dec.end()
+    assert all(a is b for a, b in zip(again, dumps[-1], strict=True))
+    assert seeks == []
+    assert dec.cached == len(messages)
 
 
 def test_layouts_of_one_length_that_split_alike_keep_their_own_flows() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 import sys
+import textwrap
 import weakref
 from array import array
 from collections.abc import Callable, Iterable, MutableSequence
@@ -310,15 +311,14 @@ _MAX_SHAPES: Final = 256
 
 
 _Decode = Callable[[bytes, int, int, int], Flow]
-_Miss = Callable[[bytes, int, int, int, int], Flow]
 
 
 class _Shape:
     """One compiled layout: `run(buf, off, end, family)` -> Flow. It looks a message up among
     the last dump's decodes (`_Walk`) by its fingerprint (a hash of the message's bytes but the
-    timeout's and the counters' values). A message the layout does not fit goes on to
-    `miss(buf, off, end, family, after)`: the shape after this one in its length's chain, or
-    the reference decoder."""
+    timeout's and the counters' values). A message the layout does not fit goes on to the
+    decoder's `_miss(buf, off, end, family, after)`: the shape after this one in its length's
+    chain, or the reference decoder."""
 
     __slots__ = ("box", "run")
 
@@ -786,7 +786,7 @@ def _compile_shape(
     buf: bytes,
     off: int,
     end: int,
-    miss: Callable[[], _Miss | None],
+    decoder: Callable[[], FastDecoder | None],
     after: int,
     clock: list[float],
     expiries: dict[float, float],
@@ -794,7 +794,7 @@ def _compile_shape(
     salt: int,
 ) -> _Shape | None:
     """A shape for messages laid out like buf[off:end]; what it does not fit goes to
-    `miss()(..., shape.after)` (`miss` is a weak reference to the decoder's `_miss`).
+    `decoder()._miss(..., shape.after)` (`decoder` is a weak reference: no cycle to collect).
     `clock[0]` is the time of the dump being decoded, `expiries` the expiries it made, `walk`
     the last dump's decodes (see `FastDecoder`); `salt` (0 for the first shape of a length,
     one of its own for each other) goes into its fingerprints."""
@@ -901,34 +901,41 @@ def _compile_shape(
         )
     else:  # nothing in the message changes while it lives: the cached flow is the decode
         hit += "        return h\n"
+    hit = textwrap.indent(hit, "    ")
     # The message's place in the last dump is k (its flow PF[k] is replaced there by a new
-    # decode), or -1: none (PF[-1] is None), a new place in the next.
+    # decode), or -1: none (PF[-1] is None), a new place in the next. A message not at its
+    # place is first checked against the layout: one of another layout of this length (whose
+    # fingerprint is never this shape's) goes down the chain without a `seek`, and without
+    # counting as a miss of the walk.
     src = (
         "def run(buf, off, end, family):\n"
         f"    {parts}\n"
-        "    box[1] += 1\n"
         "    k = at[0]\n"
         "    if P[k] == fp:\n"
         "        at[0] = k + 1\n"
-        "    else:\n"
-        "        k = seek(fp)\n"
-        "    h = PF[k]\n"
-        "    if h is not None and h[0] == family:\n"
+        "        box[1] += 1\n"
+        "        h = PF[k]\n"
+        "        if h[0] == family:\n"
         f"{hit}"
+        "        v = unpack(buf, off)\n"
         "    else:\n"
         "        v = unpack(buf, off)\n"
         f"        if ({got}) != want:\n"
-        "            box[1] -= 1\n"
-        "            return miss()(buf, off, end, family, box[0])\n"
-        "        try:\n"
-        f"            t = region(v[{b.region}])\n"
-        "        except DecodeError:\n"
-        "            box[1] -= 1\n"
-        "            return miss()(buf, off, end, family, box[0])\n"
-        "        now = clock[0]\n"
-        f"        flow = new(Flow, ({', '.join(flow_fields)}))\n"
-        "        put(k, fp, flow)\n"
-        "        return flow\n"
+        "            return decoder()._miss(buf, off, end, family, box[0])\n"
+        "        box[1] += 1\n"
+        "        k = seek(fp)\n"
+        "        h = PF[k]\n"
+        "        if h is not None and h[0] == family:\n"
+        f"{hit}"
+        "    try:\n"
+        f"        t = region(v[{b.region}])\n"
+        "    except DecodeError:\n"
+        "        box[1] -= 1\n"
+        "        return decoder()._miss(buf, off, end, family, box[0])\n"
+        "    now = clock[0]\n"
+        f"    flow = new(Flow, ({', '.join(flow_fields)}))\n"
+        "    put(k, fp, flow)\n"
+        "    return flow\n"
     )
     shape = _Shape(after)
     env: dict[str, object] = {
@@ -948,7 +955,7 @@ def _compile_shape(
         "PF": walk.flows,
         "seek": walk.seek,
         "put": walk.put,
-        "miss": miss,
+        "decoder": decoder,
         "clock": clock,
         "E": expiries.setdefault,
         "SAME": SAME_EXPIRY,
@@ -1045,7 +1052,7 @@ class FastDecoder:
                 buf,
                 off,
                 end,
-                weakref.WeakMethod(self._miss),
+                weakref.ref(self),
                 after,
                 self.clock,
                 self.expiries,
