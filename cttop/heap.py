@@ -128,14 +128,15 @@ def release(
     """
     for c in containers:
         if isinstance(c, list):
-            while c:
-                if pause is not None:
-                    pause()
-                del c[-chunk:]
+            lists = [c]
         else:
-            pop = c.popitem
-            while c:
+            # A dict's keys and values go into lists (in C), and the dict is emptied at once,
+            # which frees nothing they hold; then the lists a chunk at a time. (Popped an item
+            # at a time, a 250k dict cost the poll ~40 ms of Python; emptied, ~2 ms.)
+            lists = [list(c), list(c.values())]
+            c.clear()
+        for items in lists:
+            while items:
                 if pause is not None:
                     pause()
-                for _ in range(min(chunk, len(c))):
-                    pop()
+                del items[-chunk:]

@@ -18,10 +18,10 @@ from cttop.conntrack import const as c
 from cttop.conntrack.decode import (
     DecodeError,
     FastDecoder,
+    _Walk,
     decode_flow,
     decode_message,
     decode_tuple,
-    _Walk,
 )
 from cttop.conntrack.model import Flow, Tuple
 from cttop.netlink import NLA_F_NESTED, NLA_F_NET_BYTEORDER, NetlinkError, attr, message, nest

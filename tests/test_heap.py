@@ -8,6 +8,7 @@ import gc
 import json
 import subprocess
 import sys
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -165,11 +166,26 @@ def test_a_big_block_a_poll_frees_goes_back_to_the_system() -> None:
 
 def test_release_empties_a_chunk_at_a_time_and_pauses_between_chunks() -> None:
     """`release` empties the lists and dicts it is given, a chunk at a time, and asks `pause`
-    before each chunk (the TUI's freeing waits there while a key's view is computed)."""
+    before each chunk (the TUI's freeing waits there while a key's view is computed). A dict
+    is emptied at once, its keys and values held on to and then let go of by chunks: what
+    only the dict held is freed a chunk at a time, not all at once with it."""
+
+    class Held:
+        pass
+
     lst = list(range(10))
-    dct = {i: str(i) for i in range(7)}
-    seen: list[tuple[int, int]] = []
-    heap_module.release([lst, dct], chunk=4, pause=lambda: seen.append((len(lst), len(dct))))
-    assert lst == [] and dct == {}
-    assert seen == [(10, 7), (6, 7), (2, 7), (0, 7), (0, 3)]
+    objects = [Held() for _ in range(7)]
+    alive = weakref.WeakSet(objects)
+    dct = {(i,): obj for i, obj in enumerate(objects)}
+    del objects
+    seen: list[tuple[int, int, int]] = []
+    heap_module.release(
+        [lst, dct], chunk=4, pause=lambda: seen.append((len(lst), len(dct), len(alive)))
+    )
+    assert lst == [] and dct == {} and len(alive) == 0
+    assert seen == [
+        *[(10, 7, 7), (6, 7, 7), (2, 7, 7)],  # the list
+        *[(0, 0, 7), (0, 0, 7)],  # the dict's keys
+        *[(0, 0, 7), (0, 0, 3)],  # its values
+    ]
     heap_module.release([[1, 2], {1: 2}])  # no pause: the same, at once
