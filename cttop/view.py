@@ -186,7 +186,11 @@ def _chunks(flows: list[Flow]) -> Iterator[list[Flow]]:
 
 
 def _read(get: Callable[[Flow], Any], flows: list[Flow]) -> list[Any]:
-    """list(map(get, flows)), a chunk at a time (see _chunks)."""
+    """list(map(get, flows)), a chunk at a time (see _chunks); a getter with a `column`
+    method reads its column so."""
+    column = getattr(get, "column", None)
+    if column is not None:
+        return column(flows)  # type: ignore[no-any-return]
     out: list[Any] = []
     for chunk in _chunks(flows):
         out += map(get, chunk)
@@ -200,7 +204,10 @@ def _prefetch(gets: tuple[Callable[[Flow], Any], ...], flows: list[Flow]) -> Non
     store = _store(flows)
     if store is None:
         return
-    missing = [get for get in gets if get not in store.values and get in _PATHS]
+    reads: list[Callable[[Flow], Any]] = []
+    for get in gets:  # (a reply's field is read from two columns: see _ReplyField)
+        reads += (get.mirror, _stored_reply) if isinstance(get, _ReplyField) else (get,)
+    missing = [get for get in dict.fromkeys(reads) if get not in store.values and get in _PATHS]
     if len(missing) < 2:
         return
     both = attrgetter(*(_PATHS[get] for get in missing))
@@ -966,15 +973,57 @@ _proto_and_state = attrgetter("protonum", "state")
 _family = attrgetter("family")
 _mark = attrgetter("mark")
 _zone = attrgetter("zone")
-# A flow's four ports and four addresses, for the masks
-_PORT_PATHS = tuple(f"{d}.{p}" for d in ("orig", "reply") for p in ("sport", "dport"))
-_ADDRESS_PATHS = tuple(f"{d}.{a}" for d in ("orig", "reply") for a in ("src", "dst"))
-_PORT_VALUES = tuple(map(attrgetter, _PORT_PATHS))
-_ADDRESSES = tuple(map(attrgetter, _ADDRESS_PATHS))
+# The original tuple's ports and addresses (one getter each: one column in a store, carried)
+_ORIG_PATHS = ("orig.sport", "orig.dport", "orig.src", "orig.dst")
+_orig_sport, _orig_dport, _orig_src, _orig_dst = map(attrgetter, _ORIG_PATHS)
+_stored_reply = attrgetter("kept_reply")  # None for the original mirrored (see Flow.reply)
 # What each reads, for reading several in one pass (see _prefetch).
-_PATHS = dict(zip(_PORT_VALUES + _ADDRESSES, _PORT_PATHS + _ADDRESS_PATHS, strict=True))
-_orig_sport, _orig_dport = _PORT_VALUES[:2]
-_orig_src, _orig_dst = _ADDRESSES[:2]  # (one getter each: one column in a store, carried)
+_PATHS = {
+    **dict(zip((_orig_sport, _orig_dport, _orig_src, _orig_dst), _ORIG_PATHS, strict=True)),
+    _stored_reply: "kept_reply",
+}
+
+
+class _ReplyField:
+    """`flow.reply.<name>` as a column getter. Most flows do not keep their reply (it is the
+    original mirrored, made when read: see `Flow.reply`), so a column is the mirrored field's
+    column of the originals, with the kept replies' values put in: passes in C, and Python
+    only for the NATed flows."""
+
+    __slots__ = ("index", "mirror", "name")
+
+    def __init__(self, name: str, mirror: Callable[[Flow], Any]) -> None:
+        self.name = name
+        self.index = ("src", "dst", "sport", "dport").index(name)
+        self.mirror = mirror
+
+    def __call__(self, flow: Flow) -> Any:
+        return flow.reply[self.index]
+
+    def column(self, flows: list[Flow]) -> list[Any]:
+        out = _column(self.mirror, flows).copy()
+        kept = _column(_stored_reply, flows)
+        i = self.index
+        for at in compress(count(), kept):
+            out[at] = kept[at][i]
+        return out
+
+    def __repr__(self) -> str:
+        return f"<reply.{self.name}>"
+
+
+_reply_src = _ReplyField("src", _orig_dst)
+_reply_dst = _ReplyField("dst", _orig_src)
+_reply_sport = _ReplyField("sport", _orig_dport)
+_reply_dport = _ReplyField("dport", _orig_sport)
+# A flow's four ports and four addresses, for the masks
+_PORT_VALUES: tuple[Callable[[Flow], Any], ...] = (
+    _orig_sport,
+    _orig_dport,
+    _reply_sport,
+    _reply_dport,
+)
+_ADDRESSES: tuple[Callable[[Flow], Any], ...] = (_orig_src, _orig_dst, _reply_src, _reply_dst)
 _state = attrgetter("state")
 _expires = attrgetter("expires")
 _start = attrgetter("start")
@@ -1825,6 +1874,7 @@ _CARRIED: dict[Callable[..., Any], Callable[[Flow], Any]] = {
     _family: _family,
     _zone: _zone,
     _id: _id,
+    _stored_reply: _stored_reply,
     _has_ports: lambda flow: flow.protonum in _PORT_PROTOS,
     _not_icmp: lambda flow: flow.protonum not in _ICMPS,
     **{get: get for get in (*_PORT_VALUES, *_ADDRESSES)},

@@ -761,7 +761,7 @@ def test_fast_decoder_reads_moved_counters_into_the_cached_flow(
         m = layout(p)
         got = decode(m)
         assert got == decode_flow(m, 0, len(m), V4, 1000.0)
-        assert got.orig is first.orig and got.reply is first.reply
+        assert got.orig is first.orig and got[3] is first[3]  # (the reply as kept)
         assert decode(m) is got
         assert dec.cached == 1
 
@@ -1161,6 +1161,24 @@ def test_a_message_of_another_layout_goes_down_its_chain_without_a_look_in_the_w
     assert all(a is b for a, b in zip(again, dumps[-1], strict=True))
     assert seeks == []
     assert dec.cached == len(messages)
+
+
+def test_both_decoders_keep_a_reply_only_where_it_is_not_the_original_mirrored() -> None:
+    """A flow does not keep a reply that is its original mirrored (see `Flow.reply`): the
+    reference and the fast decoder, learned or learning, give such a flow None in its place,
+    and keep a NATed reply (one the shape learned from a mirrored one, too)."""
+    timeout = be32(c.CTA_TIMEOUT, 60)
+    nat = R4._replace(src="203.0.113.9")
+    plain_msg = orig4() + reply4() + timeout
+    nat_msg = orig4() + reply4(tup=nat) + timeout
+    dec = FastDecoder()
+    for _ in range(2):
+        dec.begin()
+        for m, reply, kept in ((plain_msg, R4, None), (nat_msg, nat, nat)):
+            for got in (dec.decode(m, 0, len(m), V4), decode_flow(m, 0, len(m), V4)):
+                assert got.reply == reply and got[3] == kept
+        dec.end()
+    assert dec.nshapes == 1 and dec.cached == 2
 
 
 def test_layouts_of_one_length_that_split_alike_keep_their_own_flows() -> None:

@@ -68,3 +68,31 @@ def test_a_flow_with_any_rare_field_has_them_all(name: str) -> None:
     value = "x" if name in ("helper", "secctx") else 1
     flow = Flow(2, 17, V4, V4)._replace(**{name: value})
     assert len(flow) == len(Flow._fields) and getattr(flow, name) == value
+
+
+def test_a_reply_that_mirrors_the_original_is_made_when_read_not_kept() -> None:
+    """Most entries are not NATed: their reply is the original with addresses and ports
+    swapped. Such a flow keeps None in the reply's place (72 bytes less), reads its reply as
+    the mirrored tuple, and is equal to, and prints as, the same flow made with it. A reply
+    that is anything else (NAT, ICMP's, a directional zone's) is kept as it is."""
+    mirror = Tuple("10.0.0.2", "10.0.0.1", 443, 40000)
+    plain = Flow(2, 6, V4, mirror, id=1)
+    assert plain[3] is None and plain.reply == mirror and type(plain.reply) is Tuple
+    assert not plain.dnat and not plain.snat
+    assert plain._asdict()["reply"] == mirror and "reply=Tuple(src='10.0.0.2'" in repr(plain)
+    assert plain == Flow(**plain._asdict()) == pickle.loads(pickle.dumps(plain))
+    assert plain.reply.sport is V4.dport  # (the original's values, not copies)
+    icmp_reply = Tuple("10.0.0.2", "10.0.0.1", icmp_type=0, icmp_code=0, icmp_id=7)
+    for orig, protonum, reply, dnat, snat in (
+        (V4, 6, Tuple("10.9.9.9", "10.0.0.1", 443, 40000), True, False),  # DNAT
+        (V4, 6, Tuple("10.0.0.2", "192.0.2.1", 443, 1024), False, True),  # SNAT
+        (V4, 6, Tuple("10.0.0.2", "10.0.0.1", 443, 40000, zone=2), False, False),  # its zone
+        (ICMP, 1, icmp_reply, False, False),
+    ):
+        flow = Flow(2, protonum, orig, reply, id=1)
+        assert flow[3] is reply and flow.reply is reply
+        assert (flow.dnat, flow.snat) == (dnat, snat)
+    # Replaced by the mirror, a reply is no longer kept; and back.
+    nat = Flow(2, 6, V4, Tuple("10.9.9.9", "10.0.0.1", 443, 40000), id=1)
+    assert nat._replace(reply=mirror)[3] is None
+    assert nat._replace(reply=mirror)._replace(reply=nat.reply) == nat

@@ -18,7 +18,7 @@ from itertools import groupby
 from typing import Any, Final
 
 from cttop.conntrack import const as c
-from cttop.conntrack.model import Flow, Tuple
+from cttop.conntrack.model import Flow, Tuple, mirrored
 from cttop.netlink import NFGENMSG, NLMSG_HDR, MalformedMessage, NetlinkError, iter_attrs
 
 
@@ -586,7 +586,10 @@ def _compile_region(region: bytes) -> object | None:
         "    v = unpack(r)\n"
         f"    if ({got}) != want:\n"
         "        return None\n"
-        f"    return ({tuples[0]}, {tuples[1]}, {fields[0]['proto']})\n"
+        f"    o = {tuples[0]}\n"
+        f"    r = {tuples[1]}\n"
+        # (The original mirrored is not kept: see Flow.reply.)
+        f"    return (o, None if r == (o[1], o[0], o[3], o[2]) else r, {fields[0]['proto']})\n"
     )
     env: dict[str, object] = {
         "unpack": unpacker.unpack,
@@ -617,15 +620,17 @@ def _shared(item: str) -> str:
 _REGION_SHAPES: dict[int, list[object]] = {}
 
 
-def _decode_tuples_region(region: bytes) -> tuple[Tuple, Tuple, int]:
-    """Tuples by learned layout when one fits, else (and then learning) by the reference."""
+def _decode_tuples_region(region: bytes) -> tuple[Tuple, Tuple | None, int]:
+    """(orig, reply, protonum) by learned layout when one fits, else (and then learning) by
+    the reference; the reply None where it is the original mirrored (see Flow.reply)."""
     shapes = _REGION_SHAPES.get(len(region))
     if shapes is not None:
         for run in shapes:
             got = run(region)  # type: ignore[operator]
             if got is not None:
                 return got  # type: ignore[no-any-return]
-    result = _decode_tuples_region_reference(region)
+    orig, reply, protonum = _decode_tuples_region_reference(region)
+    result = (orig, None if reply == mirrored(orig) else reply, protonum)
     if shapes is None or len(shapes) < _MAX_SHAPES_PER_LENGTH:
         run = _compile_region(region)
         if run is not None and sum(map(len, _REGION_SHAPES.values())) < _MAX_SHAPES:

@@ -51,7 +51,8 @@ class _Record(tuple):  # type: ignore[type-arg]
     def __init_subclass__(cls) -> None:
         super().__init_subclass__()
         for index, name in enumerate(cls._fields):
-            setattr(cls, name, _field(index, index >= cls._short))
+            if name not in cls.__dict__:  # (a field the class reads its own way)
+                setattr(cls, name, _field(index, index >= cls._short))
 
     @classmethod
     def _of(cls: type[_R], values: tuple[Any, ...]) -> _R:
@@ -125,6 +126,12 @@ class Tuple(_Record):
         return cls._of((src, dst, sport, dport, icmp_type, icmp_code, icmp_id, zone))
 
 
+def mirrored(orig: Tuple) -> Tuple:
+    """The reply tuple of an entry nothing rewrote: the original's addresses and ports swapped
+    (ICMP's and a directional zone's are not this: a reply with them is kept as it is)."""
+    return tuple.__new__(Tuple, (orig[1], orig[0], orig[3], orig[2]))
+
+
 # A flow's identity across dumps: CTA_ID is a 32-bit hash and can repeat, so the zone
 # and the original tuple are part of it.
 FlowKey = tuple[int, Tuple, "int | None"]
@@ -161,7 +168,6 @@ class Flow(_Record):
         family: int  # AF_INET / AF_INET6 (nfgen_family of the message)
         protonum: int  # CTA_PROTO_NUM of the original tuple
         orig: Tuple
-        reply: Tuple
         id: int | None  # CTA_ID
         status: int | None  # CTA_STATUS bits
         state: int | None  # TCP/SCTP/DCCP protocol state number
@@ -208,13 +214,32 @@ class Flow(_Record):
         helper: str | None = None,
         secctx: str | None = None,
     ) -> Flow:
+        reply_or_none = None if reply == mirrored(orig) else reply
         return cls._of(
             (
-                *(family, protonum, orig, reply, id, status, state, expires, mark, zone, use),
+                *(family, protonum, orig, reply_or_none, id, status, state, expires, mark),
+                *(zone, use),
                 *(orig_packets, orig_bytes, reply_packets, reply_bytes),
                 *(start, stop, labels, helper, secctx),
             )
         )
+
+    # The reply as kept: None where it is the original mirrored (a C getter, for passes over
+    # many flows: see `cttop.view`).
+    kept_reply = _tuplegetter(3, None)
+
+    @property
+    def reply(self) -> Tuple:
+        """CTA_TUPLE_REPLY. Most entries are not NATed: their reply is the original mirrored
+        (`mirrored`), and is then not kept but made when read (72 bytes less a flow; the
+        decoders and the constructor store None for it). Code comparing two flows' replies
+        without reading them compares `flow[3]`: the stored one, or None."""
+        reply: Tuple | None = self.kept_reply
+        return mirrored(self.orig) if reply is None else reply
+
+    def _full(self) -> tuple[Any, ...]:
+        full = super()._full()
+        return (*full[:3], self.reply, *full[4:])
 
     @property
     def key(self) -> FlowKey:
@@ -262,7 +287,9 @@ class Flow(_Record):
     @property
     def dnat(self) -> bool:
         """The reply comes from somewhere other than where the original was sent."""
-        o, r = self.orig, self.reply
+        o, r = self.orig, tuple.__getitem__(self, 3)
+        if r is None:  # (the original mirrored)
+            return False
         if r.src != o.dst:
             return True
         return self.protonum not in (IPPROTO_ICMP, IPPROTO_ICMPV6) and r.sport != o.dport
@@ -270,7 +297,9 @@ class Flow(_Record):
     @property
     def snat(self) -> bool:
         """The reply goes back to somewhere other than where the original came from."""
-        o, r = self.orig, self.reply
+        o, r = self.orig, tuple.__getitem__(self, 3)
+        if r is None:
+            return False
         if r.dst != o.src:
             return True
         return self.protonum not in (IPPROTO_ICMP, IPPROTO_ICMPV6) and r.dport != o.sport
