@@ -92,6 +92,12 @@ def test_a_reply_that_mirrors_the_original_is_made_when_read_not_kept() -> None:
         flow = Flow(2, protonum, orig, reply, id=1)
         assert flow[3] is reply and flow.reply is reply
         assert (flow.dnat, flow.snat) == (dnat, snat)
+
+    # A record that extends Flow reads its fields as Flow does.
+    class Extended(Flow):
+        __slots__ = ()
+
+    assert Extended(2, 6, V4, mirror, id=1).reply == mirror
     # Replaced by the mirror, a reply is no longer kept; and back.
     nat = Flow(2, 6, V4, Tuple("10.9.9.9", "10.0.0.1", 443, 40000), id=1)
     assert nat._replace(reply=mirror)[3] is None

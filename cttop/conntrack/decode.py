@@ -587,9 +587,9 @@ def _compile_region(region: bytes) -> object | None:
         f"    if ({got}) != want:\n"
         "        return None\n"
         f"    o = {tuples[0]}\n"
-        f"    r = {tuples[1]}\n"
+        f"    t = {tuples[1]}\n"
         # (The original mirrored is not kept: see Flow.reply.)
-        f"    return (o, None if r == (o[1], o[0], o[3], o[2]) else r, {fields[0]['proto']})\n"
+        f"    return (o, None if t == (o[1], o[0], o[3], o[2]) else t, {fields[0]['proto']})\n"
     )
     env: dict[str, object] = {
         "unpack": unpacker.unpack,

@@ -50,6 +50,8 @@ class _Record(tuple):  # type: ignore[type-arg]
 
     def __init_subclass__(cls) -> None:
         super().__init_subclass__()
+        if "_fields" not in cls.__dict__ and "_short" not in cls.__dict__:
+            return  # (the layout of the record it extends, with its fields as that reads them)
         for index, name in enumerate(cls._fields):
             if name not in cls.__dict__:  # (a field the class reads its own way)
                 setattr(cls, name, _field(index, index >= cls._short))
