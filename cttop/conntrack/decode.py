@@ -509,16 +509,6 @@ class _Walk:
         at[0] = k + 1
         return k
 
-    def put(self, k: int, fp: Any, flow: Flow) -> None:
-        """`flow` is the decode of the message with fingerprint `fp`, at the last dump's place
-        `k` (`seek`), or a new place."""
-        if k >= 0:
-            self.flows[k] = flow
-        else:
-            self.added_at.append(self.at[0])
-            self.added_fps.append(fp)
-            self.added.append(flow)
-
 
 def _decode_tuples_region_reference(region: bytes) -> tuple[Tuple, Tuple, int]:
     """The raw bytes of CTA_TUPLE_ORIG followed by CTA_TUPLE_REPLY -> (orig, reply, protonum)."""
@@ -558,8 +548,8 @@ def _compile_region(region: bytes) -> object | None:
                             if ct == c.CTA_TUPLE_IP and ln:
                                 return None
                             item = f"v[{b._value(region, ls, le, ln, fmt, size)}]"
-                            if ct == c.CTA_TUPLE_IP:
-                                item = f"A({item})"
+                            if ct == c.CTA_TUPLE_IP:  # (the cache's get is a C call)
+                                item = f"(G({item}) or A({item}))"
                             elif size > 1:
                                 item = _shared(item)
                             fields[d][name] = item
@@ -597,6 +587,7 @@ def _compile_region(region: bytes) -> object | None:
         "new": tuple.__new__,
         "Tuple": Tuple,
         "A": _addr_text,
+        "G": _ADDR_CACHE.get,
         "I": _INTS.setdefault,
     }
     # Generated from our own struct layout above; no outside text reaches it.
@@ -636,6 +627,18 @@ def _decode_tuples_region(region: bytes) -> tuple[Tuple, Tuple | None, int]:
         if run is not None and sum(map(len, _REGION_SHAPES.values())) < _MAX_SHAPES:
             _REGION_SHAPES.setdefault(len(region), []).append(run)
     return result
+
+
+def _region_run(region: bytes) -> Callable[[bytes], tuple[Tuple, Tuple | None, int] | None] | None:
+    """The compiled tuple layout that decodes `region` (learned now if need be), or None."""
+    try:
+        _decode_tuples_region(region)
+    except DecodeError:
+        return None
+    for run in _REGION_SHAPES.get(len(region), ()):
+        if run(region) is not None:  # type: ignore[operator]
+            return run  # type: ignore[return-value]
+    return None
 
 
 def _labels(raw: bytes) -> int:
@@ -813,6 +816,9 @@ def _compile_shape(
     unpacker = struct.Struct(">" + fmt)
     if unpacker.size != end - off:
         return None
+    # The compiled layout of this message's tuples, tried first for a new decode: one Python
+    # call less than `_decode_tuples_region`, which any other layout of them goes on to.
+    region_run = _region_run(unpacker.unpack_from(buf, off)[b.region])
     f = b.fields
     flow_fields: tuple[str, ...] = (
         "family",
@@ -907,6 +913,9 @@ def _compile_shape(
     else:  # nothing in the message changes while it lives: the cached flow is the decode
         hit += "        return h\n"
     hit = textwrap.indent(hit, "    ")
+    tuples = f"region(v[{b.region}])"
+    if region_run is not None:
+        tuples = f"R(v[{b.region}]) or {tuples}"
     # The message's place in the last dump is k (its flow PF[k] is replaced there by a new
     # decode), or -1: none (PF[-1] is None), a new place in the next. A message not at its
     # place is first checked against the layout: one of another layout of this length (whose
@@ -928,18 +937,24 @@ def _compile_shape(
         f"        if ({got}) != want:\n"
         "            return decoder()._miss(buf, off, end, family, box[0])\n"
         "        box[1] += 1\n"
-        "        k = seek(fp)\n"
+        "        k = seek(fp) if PF[0] is not None else -1\n"  # (none: a first dump)
         "        h = PF[k]\n"
         "        if h is not None and h[0] == family:\n"
         f"{hit}"
         "    try:\n"
-        f"        t = region(v[{b.region}])\n"
+        f"        t = {tuples}\n"
         "    except DecodeError:\n"
         "        box[1] -= 1\n"
         "        return decoder()._miss(buf, off, end, family, box[0])\n"
         "    now = clock[0]\n"
         f"    flow = new(Flow, ({', '.join(flow_fields)}))\n"
-        "    put(k, fp, flow)\n"
+        # (What `_Walk.end` puts in: a new place, or its last decode's place written over.)
+        "    if k < 0:\n"
+        "        AA(at[0])\n"
+        "        AF(fp)\n"
+        "        AD(flow)\n"
+        "    else:\n"
+        "        PF[k] = flow\n"
         "    return flow\n"
     )
     shape = _Shape(after)
@@ -959,7 +974,10 @@ def _compile_shape(
         "P": walk.fps,
         "PF": walk.flows,
         "seek": walk.seek,
-        "put": walk.put,
+        "AA": walk.added_at.append,
+        "AF": walk.added_fps.append,
+        "AD": walk.added.append,
+        "R": region_run,
         "decoder": decoder,
         "clock": clock,
         "E": expiries.setdefault,
