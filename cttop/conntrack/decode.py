@@ -405,7 +405,8 @@ class _Walk:
         # The place in the last dump of the next flow expected: read by the compiled code.
         self.at = [0]
         # What the dump brought that is not in the last one, in order: new places (before the
-        # last dump's place `added_at[i]`) and the places passed over, as [start, stop).
+        # last dump's place `added_at[i]`) and the places passed over, as [start, stop). (The
+        # compiled code appends to the first three: they are emptied in place, never replaced.)
         self.added_at = array("q")
         self.added_fps: MutableSequence[Any] = _fingerprints()
         self.added: list[Flow] = []
