@@ -523,8 +523,11 @@ class StepFeed:
             if p is not None and f.orig is p.orig and f.id == p.id and f.zone == p.zone:
                 # The last dump's flow at this place, decoded again from its cached tuples
                 # (its counters or its expiry moved): in step, and no lookup.
-                # (f[3]: the reply as stored, None for the original mirrored: see Flow.reply.)
-                if f[3] is not p[3] or f.protonum != p.protonum or f.family != p.family:
+                if (
+                    f.kept_reply is not p.kept_reply
+                    or f.protonum != p.protonum
+                    or f.family != p.family
+                ):
                     if base + at - 1 > rn:  # (never from the decoder: see `Carry`)
                         runs += (rn, ro, base + at - 1 - rn)
                     rn, ro = base + at, j + 1

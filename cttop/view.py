@@ -36,7 +36,7 @@ from cttop.conntrack.const import (
     proto_name,
     state_name,
 )
-from cttop.conntrack.model import Flow
+from cttop.conntrack.model import Flow, Tuple
 from cttop.sampler import ZERO_RATE, Carry, FlowRow, FlowRows, Rate, permuted
 
 __all__ = [
@@ -994,7 +994,7 @@ class _ReplyField:
 
     def __init__(self, name: str, mirror: Callable[[Flow], Any]) -> None:
         self.name = name
-        self.index = ("src", "dst", "sport", "dport").index(name)
+        self.index = Tuple._fields.index(name)
         self.mirror = mirror
 
     def __call__(self, flow: Flow) -> Any:

@@ -18,7 +18,7 @@ from itertools import groupby
 from typing import Any, Final
 
 from cttop.conntrack import const as c
-from cttop.conntrack.model import Flow, Tuple, mirrored
+from cttop.conntrack.model import Flow, Tuple, reply_to_keep
 from cttop.netlink import NFGENMSG, NLMSG_HDR, MalformedMessage, NetlinkError, iter_attrs
 
 
@@ -579,7 +579,7 @@ def _compile_region(region: bytes) -> object | None:
         "        return None\n"
         f"    o = {tuples[0]}\n"
         f"    t = {tuples[1]}\n"
-        # (The original mirrored is not kept: see Flow.reply.)
+        # (The original mirrored is not kept: `reply_to_keep`, inline.)
         f"    return (o, None if t == (o[1], o[0], o[3], o[2]) else t, {fields[0]['proto']})\n"
     )
     env: dict[str, object] = {
@@ -622,7 +622,7 @@ def _decode_tuples_region(region: bytes) -> tuple[Tuple, Tuple | None, int]:
             if got is not None:
                 return got  # type: ignore[no-any-return]
     orig, reply, protonum = _decode_tuples_region_reference(region)
-    result = (orig, None if reply == mirrored(orig) else reply, protonum)
+    result = (orig, reply_to_keep(orig, reply), protonum)
     if shapes is None or len(shapes) < _MAX_SHAPES_PER_LENGTH:
         run = _compile_region(region)
         if run is not None and sum(map(len, _REGION_SHAPES.values())) < _MAX_SHAPES:

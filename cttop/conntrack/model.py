@@ -134,6 +134,11 @@ def mirrored(orig: Tuple) -> Tuple:
     return tuple.__new__(Tuple, (orig[1], orig[0], orig[3], orig[2]))
 
 
+def reply_to_keep(orig: Tuple, reply: Tuple) -> Tuple | None:
+    """What a Flow keeps of its reply: None for the original mirrored (see `Flow.reply`)."""
+    return None if reply == mirrored(orig) else reply
+
+
 # A flow's identity across dumps: CTA_ID is a 32-bit hash and can repeat, so the zone
 # and the original tuple are part of it.
 FlowKey = tuple[int, Tuple, "int | None"]
@@ -216,10 +221,10 @@ class Flow(_Record):
         helper: str | None = None,
         secctx: str | None = None,
     ) -> Flow:
-        reply_or_none = None if reply == mirrored(orig) else reply
+        kept = reply_to_keep(orig, reply)
         return cls._of(
             (
-                *(family, protonum, orig, reply_or_none, id, status, state, expires, mark),
+                *(family, protonum, orig, kept, id, status, state, expires, mark),
                 *(zone, use),
                 *(orig_packets, orig_bytes, reply_packets, reply_bytes),
                 *(start, stop, labels, helper, secctx),
@@ -235,7 +240,7 @@ class Flow(_Record):
         """CTA_TUPLE_REPLY. Most entries are not NATed: their reply is the original mirrored
         (`mirrored`), and is then not kept but made when read (72 bytes less a flow; the
         decoders and the constructor store None for it). Code comparing two flows' replies
-        without reading them compares `flow[3]`: the stored one, or None."""
+        without reading them compares `kept_reply`: the stored one, or None."""
         reply: Tuple | None = self.kept_reply
         return mirrored(self.orig) if reply is None else reply
 
@@ -289,7 +294,7 @@ class Flow(_Record):
     @property
     def dnat(self) -> bool:
         """The reply comes from somewhere other than where the original was sent."""
-        o, r = self.orig, tuple.__getitem__(self, 3)
+        o, r = self.orig, self.kept_reply
         if r is None:  # (the original mirrored)
             return False
         if r.src != o.dst:
@@ -299,7 +304,7 @@ class Flow(_Record):
     @property
     def snat(self) -> bool:
         """The reply goes back to somewhere other than where the original came from."""
-        o, r = self.orig, tuple.__getitem__(self, 3)
+        o, r = self.orig, self.kept_reply
         if r is None:
             return False
         if r.dst != o.src:
